@@ -1,0 +1,18 @@
+"""keras-implicit: Keras 3 layers for implicit-depth (equilibrium) models."""
+
+__version__ = "0.1.0"
+
+from keras_implicit import backward, solvers
+from keras_implicit.fixed_point import ConvergenceError, fixed_point
+from keras_implicit.info import CONVERGED, MAX_ITER_REACHED, NON_FINITE, SolverInfo
+
+__all__ = [
+    "CONVERGED",
+    "ConvergenceError",
+    "MAX_ITER_REACHED",
+    "NON_FINITE",
+    "SolverInfo",
+    "backward",
+    "fixed_point",
+    "solvers",
+]

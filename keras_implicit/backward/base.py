@@ -1,0 +1,67 @@
+"""Base class of the backward modes, and the forward settings they receive."""
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from keras_implicit.solvers import Solver, solve
+
+try:  # Internal but long-stable: stops every active tape, as custom_gradient needs.
+    from tensorflow.python.eager.record import stop_recording
+except ImportError:  # pragma: no cover
+    import contextlib
+
+    stop_recording = contextlib.nullcontext
+
+
+@dataclass(frozen=True)
+class SolveSpec:
+    """How a fixed point is reached: solver and stopping rule."""
+
+    solver: Solver
+    tol: float
+    max_iter: int
+    stop_mode: str = "abs"
+
+    def run(self, f, z0):
+        return solve(f, z0, self.solver, self.tol, self.max_iter, self.stop_mode)
+
+    def run_without_gradient(self, f, z0):
+        """Solves without recording on any gradient tape (saves eager memory)."""
+        with stop_recording():
+            z, info = self.run(f, z0)
+        return tf.nest.map_structure(tf.stop_gradient, z), info
+
+
+class BackwardMode:
+    """How the gradient of a fixed point is computed.
+
+    `apply(f, z0, args, spec, callback)` returns `(z_star, info)` where
+    `z_star` carries the mode's gradient with respect to `args` and to the
+    variables `f` reads. A backward mode never knows which solver the forward
+    pass used; it only receives the `SolveSpec`.
+    """
+
+    name = None
+    # Whether the mode's gradient is the exact gradient of the fixed point.
+    exact = False
+
+    def apply(self, f, z0, args, spec, callback=None):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"

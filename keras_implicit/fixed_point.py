@@ -1,0 +1,156 @@
+"""`fixed_point()`: the functional entry point (forward solve + chosen gradient)."""
+
+import warnings
+
+import tensorflow as tf
+
+from keras_implicit import backward as backward_lib
+from keras_implicit import info as info_lib
+from keras_implicit import solvers as solvers_lib
+from keras_implicit.solvers.base import check_tol_and_max_iter
+
+ON_FAILURE = ("warn", "raise", "ignore")
+
+
+class ConvergenceError(RuntimeError):
+    """Raised by an eager solve with `on_failure="raise"` that did not converge."""
+
+    def __init__(self, message, info=None):
+        super().__init__(message)
+        self.info = info
+
+
+def check_on_failure(on_failure):
+    if on_failure not in ON_FAILURE:
+        raise ValueError(
+            f"`on_failure` must be one of {ON_FAILURE}. Received: on_failure={on_failure!r}"
+        )
+    return on_failure
+
+
+def report_failure(info, on_failure, what="fixed-point solve"):
+    """Warns or raises, in eager mode only, when a solve did not converge.
+
+    In graph mode (`tf.function`, `jit_compile=True`) nothing can be raised
+    without breaking compilation; the status travels in `SolverInfo` and in
+    the layers' metrics instead.
+    """
+    if on_failure == "ignore" or not tf.executing_eagerly():
+        return
+    status = int(info.status)
+    if status == info_lib.CONVERGED:
+        return
+    message = info_lib.describe(info, what)
+    if status == info_lib.NON_FINITE:
+        message += (
+            ". NaN or Inf appeared (in the inputs, or the iteration diverged); the "
+            "last finite iterate was returned for those samples. Check the inputs "
+            "for NaN/Inf, or make the map contractive (e.g. spectral normalization)."
+        )
+    else:
+        message += (
+            ". Increase `max_iter`, loosen `tol`, use solver='anderson' or "
+            "'broyden', or make the map more contractive."
+        )
+    if on_failure == "raise":
+        raise ConvergenceError(message, info)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _warn_captured(f, z0, args):
+    """Warns if `f` captures float tensors by closure (they get no implicit gradient)."""
+    specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), (z0, args))
+    try:
+        concrete = tf.function(lambda z, a: f(z, *a), autograph=False).get_concrete_function(*specs)
+    except Exception:  # a function we cannot trace separately is not our concern here
+        return
+    captured = [t for t in concrete.captured_inputs if t.dtype.is_floating]
+    if captured:
+        shapes = ", ".join(str(t.shape) for t in captured[:5])
+        warnings.warn(
+            f"The function passed to fixed_point captures {len(captured)} float "
+            f"tensor(s) by closure (shapes {shapes}). The implicit gradient cannot "
+            "reach them: pass every tensor that needs a gradient as an extra "
+            "argument, fixed_point(f, z0, x, ...), or read it from a tf.Variable.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def fixed_point(
+    f,
+    z0,
+    *args,
+    solver="anderson",
+    backward="implicit",
+    tol=1e-4,
+    max_iter=50,
+    stop_mode="abs",
+    on_failure="warn",
+    backward_callback=None,
+    check_captures=True,
+):
+    """Solves `z* = f(z*, *args)` and returns `(z_star, info)`.
+
+    The forward pass runs `solver` from `z0` until every sample's residual
+    `||f(z) - z||` (or the relative residual, `stop_mode="rel"`) is `<= tol`,
+    or `max_iter` iterations. The gradient is chosen by `backward`: the
+    default `"implicit"` differentiates the fixed-point equation exactly,
+
+        dL/dx = (df/dx)^T c,   c = (df/dz)^T c + dL/dz*,
+
+    and reaches every tensor in `args` and every variable `f` reads.
+
+    Args:
+        f: callable `f(z, *args) -> z`. `z` may be a nested structure of
+            `[batch, ...]` tensors (e.g. a tuple `(z, u)`).
+        z0: initial iterate, same structure as `f`'s output.
+        *args: other inputs of `f`; they receive gradients.
+        solver: a `Solver` or an identifier (`"fixed_point"`, `"anderson"`,
+            `"broyden"`). Default `"anderson"`.
+        backward: a `BackwardMode` or an identifier (`"implicit"`,
+            `"phantom"`, `"jacobian_free"`, `"unrolled"`). Default
+            `"implicit"`.
+        tol: float > 0, stopping tolerance per sample. Default 1e-4.
+        max_iter: int >= 1, iteration cap. Default 50.
+        stop_mode: `"abs"` or `"rel"`. Default `"abs"`.
+        on_failure: `"warn"` (default; a `UserWarning` in eager mode),
+            `"raise"` (`ConvergenceError` in eager mode) or `"ignore"`. In
+            compiled code the outcome is reported only through `info`.
+        backward_callback: optional callable receiving the `SolverInfo` of
+            the adjoint solve (implicit mode) when gradients are computed.
+        check_captures: warn if `f` captures float tensors by closure
+            (implicit mode only; costs one extra trace of `f`).
+
+    Returns:
+        `(z_star, info)`: the solution (structure of `z0`) and a
+        `SolverInfo`.
+
+    Example:
+
+    >>> import tensorflow as tf, keras_implicit as ki
+    >>> x = tf.constant([[0.5], [1.0]])
+    >>> z, info = ki.fixed_point(lambda z, x: 0.5 * z + x, tf.zeros([2, 1]), x, tol=1e-6)
+    >>> [round(v, 4) for v in z[:, 0].numpy().tolist()]
+    [1.0, 2.0]
+    """
+    solver = solvers_lib.get(solver)
+    backward = backward_lib.get(backward)
+    check_tol_and_max_iter(tol, max_iter, stop_mode)
+    check_on_failure(on_failure)
+    if not callable(f):
+        raise TypeError(f"`f` must be callable. Received: f={f!r}")
+    z0 = tf.nest.map_structure(tf.convert_to_tensor, z0)
+    args = tuple(
+        tf.nest.map_structure(
+            lambda a: a if isinstance(a, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(a),
+            a,
+        )
+        for a in args
+    )
+    spec = backward_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode)
+    if check_captures and isinstance(backward, backward_lib.Implicit):
+        _warn_captured(f, z0, args)
+    z, info = backward.apply(f, z0, args, spec, backward_callback)
+    report_failure(info, on_failure)
+    return z, info

@@ -1,0 +1,33 @@
+"""Fixed-point solvers and their registry.
+
+Every solver is driven by `keras_implicit.solvers.solve`, the package's one
+`tf.while_loop`. Identifiers: `"fixed_point"`, `"anderson"`, `"broyden"`.
+"""
+
+from keras_implicit.registry import Registry
+from keras_implicit.solvers.anderson import Anderson
+from keras_implicit.solvers.base import Packer, Solver, solve
+from keras_implicit.solvers.broyden import Broyden
+from keras_implicit.solvers.fixed_point_iteration import FixedPointIteration
+
+_REGISTRY = Registry("solver", Solver)
+for _cls in (FixedPointIteration, Anderson, Broyden):
+    _REGISTRY.register(_cls)
+
+get = _REGISTRY.get
+serialize = _REGISTRY.serialize
+deserialize = _REGISTRY.deserialize
+register = _REGISTRY.register
+
+__all__ = [
+    "Anderson",
+    "Broyden",
+    "FixedPointIteration",
+    "Packer",
+    "Solver",
+    "deserialize",
+    "get",
+    "register",
+    "serialize",
+    "solve",
+]

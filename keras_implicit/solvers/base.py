@@ -1,0 +1,220 @@
+"""The one loop driver shared by every solver, and the `Solver` base class.
+
+A solver works on a flat `[batch, n]` view of the (possibly nested) state and
+implements two methods:
+
+* `init(F, z) -> state`: its own loop state, a tuple of tensors whose shapes
+  never change.
+* `step(F, z, state, k) -> (z_next, state, candidate, diff, ref)`: one
+  iteration from iterate `z`. `candidate` is the iterate that the residual
+  `||diff||` belongs to (for the generic solvers `candidate = z` and
+  `diff = F(z) - z`), and `ref` scales `diff` in the relative stop mode.
+
+`solve()` owns the `tf.while_loop`: per-sample stopping, best-iterate tracking,
+the fixed-size residual trace and the non-finite guard. Solvers never touch
+gradients.
+"""
+
+import tensorflow as tf
+
+from keras_implicit import info as info_lib
+
+STOP_MODES = ("abs", "rel")
+# Guards the relative residual ||diff|| / (||ref|| + eps) against ref = 0.
+REL_EPS = 1e-6
+
+
+class Solver:
+    """Base class of the fixed-point solvers.
+
+    Subclasses set `name`, implement `init`/`step` and `get_config`. They are
+    plain Python objects (no variables), so one instance can serve any number
+    of layers.
+    """
+
+    name = None
+
+    def init(self, F, z):
+        raise NotImplementedError
+
+    def step(self, F, z, state, k):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_tol_and_max_iter(tol, max_iter, stop_mode):
+    """Validates the stopping settings (construction-time errors, Keras style)."""
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"`tol` must be a positive number. Received: tol={tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(
+            f"`max_iter` must be an integer >= 1. Received: max_iter={max_iter!r}"
+        )
+    if stop_mode not in STOP_MODES:
+        raise ValueError(
+            f"`stop_mode` must be one of {STOP_MODES}. Received: stop_mode={stop_mode!r}"
+        )
+
+
+# --- flat views of nested states -------------------------------------------
+
+
+class Packer:
+    """Maps a nested structure of `[batch, ...]` tensors to `[batch, n]` and back."""
+
+    def __init__(self, structure):
+        self.structure = structure
+        leaves = tf.nest.flatten(structure)
+        if not leaves:
+            raise ValueError("The fixed-point state must contain at least one tensor.")
+        self.shapes = []
+        for leaf in leaves:
+            if leaf.shape.rank is None or leaf.shape.rank < 1:
+                raise ValueError(
+                    "Every tensor of the fixed-point state needs a leading batch "
+                    f"axis. Received: a tensor of shape {leaf.shape}"
+                )
+            inner = leaf.shape[1:]
+            if not inner.is_fully_defined():
+                raise ValueError(
+                    "The fixed-point state needs fully known shapes apart from the "
+                    f"batch axis. Received: a tensor of shape {leaf.shape}"
+                )
+            self.shapes.append(inner)
+        self.sizes = [int(s.num_elements()) for s in self.shapes]
+        self.size = sum(self.sizes)
+        self.dtype = leaves[0].dtype
+        # The common case, one [batch, n] tensor, costs nothing to pack.
+        self.trivial = len(leaves) == 1 and len(self.shapes[0]) == 1
+
+    def pack(self, structure):
+        leaves = tf.nest.flatten(structure)
+        if self.trivial:
+            return leaves[0]
+        batch = tf.shape(leaves[0])[0]
+        flat = [tf.reshape(leaf, [batch, n]) for leaf, n in zip(leaves, self.sizes)]
+        return flat[0] if len(flat) == 1 else tf.concat(flat, axis=1)
+
+    def unpack(self, flat):
+        if self.trivial:
+            return tf.nest.pack_sequence_as(self.structure, [flat])
+        batch = tf.shape(flat)[0]
+        parts = tf.split(flat, self.sizes, axis=1) if len(self.sizes) > 1 else [flat]
+        leaves = [
+            tf.reshape(p, tf.concat([[batch], s.as_list()], axis=0))
+            for p, s in zip(parts, self.shapes)
+        ]
+        return tf.nest.pack_sequence_as(self.structure, leaves)
+
+
+def _norm(x):
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=1))
+
+
+def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=1):
+    """Runs `solver` on `z = f(z)` from `z0`; the single `tf.while_loop` of the package.
+
+    Args:
+        f: callable mapping a state (nested structure of `[batch, ...]`
+            tensors, like `z0`) to a state of the same structure.
+        z0: initial state.
+        solver: a `Solver` instance.
+        tol: stop when every sample's residual is `<= tol`.
+        max_iter: at most this many iterations (function evaluations).
+        stop_mode: `"abs"` for `||f(z) - z||`, `"rel"` for
+            `||f(z) - z|| / (||f(z)|| + 1e-6)`, per sample.
+
+    Returns:
+        `(z, info)`: the lowest-residual iterate of each sample, in the
+        structure of `z0`, and a `SolverInfo`.
+
+    The loop is differentiable (the `Unrolled` backward mode backpropagates
+    through it); shapes and dtypes of the loop state never change, so it
+    compiles with XLA.
+    """
+    packer = Packer(z0)
+    z0_flat = packer.pack(z0)
+    dtype = z0_flat.dtype
+    max_iter = int(max_iter)
+    tol_t = tf.constant(tol, dtype)
+
+    def F(z_flat):
+        return packer.pack(f(packer.unpack(z_flat)))
+
+    batch = tf.shape(z0_flat)[0]
+    inf = tf.fill([batch], tf.constant(float("inf"), dtype))
+    state0 = solver.init(F, z0_flat)
+
+    def measure(diff, ref):
+        res = _norm(diff)
+        if stop_mode == "rel":
+            res = res / (_norm(ref) + REL_EPS)
+        return res
+
+    def cond(k, z, state, best_z, best_res, bad, trace):
+        done = (best_res <= tol_t) | bad
+        return (k < max_iter) & tf.logical_not(tf.reduce_all(done))
+
+    def body(k, z, state, best_z, best_res, bad, trace):
+        z_next, state, cand, diff, ref = solver.step(F, z, state, k)
+        # Residuals steer the loop; they never carry gradients.
+        res = tf.stop_gradient(measure(diff, ref))
+        finite = tf.math.is_finite(res)
+        better = finite & (res < best_res)
+        best_z = tf.where(better[:, None], cand, best_z)
+        best_res = tf.where(better, res, best_res)
+        bad = bad | tf.logical_not(finite)
+        worst = tf.reduce_max(tf.where(finite, res, tf.zeros_like(res)))
+        trace = trace + tf.one_hot(k, max_iter, dtype=dtype) * worst
+        return k + 1, z_next, state, best_z, best_res, bad, trace
+
+    loop_vars = (
+        tf.constant(0, tf.int32),
+        z0_flat,
+        state0,
+        z0_flat,
+        inf,
+        tf.zeros([batch], tf.bool),
+        tf.zeros([max_iter], dtype),
+    )
+    k, _, _, best_z, best_res, bad, trace = tf.while_loop(
+        cond,
+        body,
+        loop_vars,
+        maximum_iterations=max_iter,
+        parallel_iterations=parallel_iterations,
+    )
+    converged = best_res <= tol_t
+    status = tf.where(
+        tf.reduce_any(bad),
+        info_lib.NON_FINITE,
+        tf.where(tf.reduce_all(converged), info_lib.CONVERGED, info_lib.MAX_ITER_REACHED),
+    )
+    # Pad the trace after the last iteration with its last value.
+    idx = tf.range(max_iter)
+    last = tf.gather(trace, tf.maximum(k - 1, 0))
+    trace = tf.where(idx < k, trace, last)
+    info = info_lib.SolverInfo(
+        iterations=k,
+        residual=tf.stop_gradient(best_res),
+        converged=converged,
+        trace=tf.stop_gradient(trace),
+        status=tf.cast(status, tf.int32),
+    )
+    return packer.unpack(best_z), info
