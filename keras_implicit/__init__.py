@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from keras_implicit import backward, solvers
+from keras_implicit import backward, layers, solvers
 from keras_implicit.fixed_point import ConvergenceError, fixed_point
 from keras_implicit.info import CONVERGED, MAX_ITER_REACHED, NON_FINITE, SolverInfo
 
@@ -14,5 +14,6 @@ __all__ = [
     "SolverInfo",
     "backward",
     "fixed_point",
+    "layers",
     "solvers",
 ]

@@ -97,6 +97,10 @@ class Implicit(BackwardMode):
             forward `tol`.
         max_iter: iteration cap of the adjoint solve; `None` (default) uses
             the forward `max_iter`.
+        stop_mode: `"abs"` or `"rel"`; `None` (default) uses the forward
+            `stop_mode`. With `"abs"` the tolerance is on the scale of
+            `dL/dz*`, which shrinks with the batch size of a mean loss;
+            `"rel"` makes the gradient's accuracy independent of that scale.
 
     Gradients reach the explicit `args` of `f` and the variables `f` reads;
     a tensor that `f` captures by closure gets none (`fixed_point` warns when
@@ -110,12 +114,16 @@ class Implicit(BackwardMode):
     name = "implicit"
     exact = True
 
-    def __init__(self, solver=None, tol=None, max_iter=None):
+    def __init__(self, solver=None, tol=None, max_iter=None, stop_mode=None):
         self.solver = None if solver is None else solvers_lib.get(solver)
-        if tol is not None or max_iter is not None:
-            check_tol_and_max_iter(1e-4 if tol is None else tol, 1 if max_iter is None else max_iter, "abs")
+        check_tol_and_max_iter(
+            1e-4 if tol is None else tol,
+            1 if max_iter is None else max_iter,
+            "abs" if stop_mode is None else stop_mode,
+        )
         self.tol = None if tol is None else float(tol)
         self.max_iter = max_iter
+        self.stop_mode = stop_mode
 
     def adjoint_spec(self, spec):
         """The adjoint solve's settings: ours where given, else the forward's."""
@@ -123,7 +131,7 @@ class Implicit(BackwardMode):
             solver=self.solver or spec.solver,
             tol=spec.tol if self.tol is None else self.tol,
             max_iter=spec.max_iter if self.max_iter is None else self.max_iter,
-            stop_mode=spec.stop_mode,
+            stop_mode=spec.stop_mode if self.stop_mode is None else self.stop_mode,
         )
 
     def apply(self, f, z0, args, spec, callback=None):
@@ -134,6 +142,7 @@ class Implicit(BackwardMode):
             "solver": None if self.solver is None else solvers_lib.serialize(self.solver),
             "tol": self.tol,
             "max_iter": self.max_iter,
+            "stop_mode": self.stop_mode,
         }
 
 
