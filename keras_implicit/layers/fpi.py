@@ -168,7 +168,8 @@ class ForwardFPI(keras.layers.Layer):
         shape = tf.concat([[batch], list(self.state_shape)], axis=0)
         return tf.zeros(shape, dtype=self.compute_dtype)
 
-    def call(self, inputs, initial_state=None):
+    def solve(self, inputs, initial_state=None):
+        """Returns `(z*, SolverInfo)` whatever `return_info` says."""
         if initial_state is None:
             z0 = self.initial_state(inputs)
         else:
@@ -178,7 +179,7 @@ class ForwardFPI(keras.layers.Layer):
                     f"`initial_state` must have shape (batch, *{self.state_shape}). "
                     f"Received: initial_state.shape={tuple(z0.shape)}"
                 )
-        z, info = fixed_point(
+        return fixed_point(
             self._f,
             z0,
             inputs,
@@ -191,6 +192,9 @@ class ForwardFPI(keras.layers.Layer):
             backward_callback=self._record_backward,
             check_captures=False,
         )
+
+    def call(self, inputs, initial_state=None):
+        z, info = self.solve(inputs, initial_state)
         if self.track_metrics:
             self.fwd_iters_metric.update_state(tf.cast(info.iterations, "float32"))
             self.fwd_res_metric.update_state(tf.cast(info.residual, "float32"))
@@ -309,14 +313,18 @@ class BackwardFPI(keras.layers.Layer):
             _build_cell(self.cell, x_shape, self.state_shape)
         self.input_shape_for_export = (x_shape, z_shape, dz_shape)
 
-    def call(self, inputs):
-        x, z_star, dz = inputs
+    def solve(self, x, z_star, dz):
+        """Returns `(c, dx, SolverInfo)` whatever `return_info` says."""
         spec = SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode)
         c, arg_grads, _, info = backward_lib.adjoint_solve(
             lambda z, x: self.cell(z, x), z_star, (x,), dz, spec
         )
         report_failure(info, self.on_failure, "adjoint solve")
-        dx = arg_grads[0]
+        return c, arg_grads[0], info
+
+    def call(self, inputs):
+        x, z_star, dz = inputs
+        c, dx, info = self.solve(x, z_star, dz)
         return (c, dx, info) if self.return_info else (c, dx)
 
     def compute_output_spec(self, inputs):
