@@ -17,10 +17,11 @@ class Broyden(Solver):
         H <- H + (dz - H dg) (dz^T H) / (dz^T H dg),
 
     is stored as one more pair `u = (dz - H dg) / (dz^T H dg)`, `v = H^T dz`.
-    The history is a ring buffer of `memory` pairs: the oldest pair is
-    overwritten, which keeps shapes fixed for XLA. Updates with a vanishing
-    or non-finite denominator are skipped, and a non-finite step falls back
-    to plain iteration for that sample.
+    The history holds `memory` pairs in fixed-shape buffers (for XLA); when it
+    is full the method restarts from `H = -I`. Updates with a vanishing
+    or non-finite denominator are skipped, and a non-finite step, or one
+    longer than `1e4 ||g(z)||` (a near-breakdown update at the rounding
+    floor), falls back to plain iteration for that sample.
 
     Args:
         memory: int >= 1, number of rank-one updates kept, default 10.
@@ -31,6 +32,8 @@ class Broyden(Solver):
     """
 
     name = "broyden"
+    # Longest accepted quasi-Newton step, relative to the residual norm.
+    max_step_ratio = 1e4
 
     def __init__(self, memory=10):
         self.memory = check_memory(memory)
@@ -73,12 +76,22 @@ class Broyden(Solver):
         slot = tf.math.floormod(tf.maximum(k - 1, 0), self.memory)
         sel = tf.cast(tf.one_hot(slot, self.memory, dtype=dtype), tf.bool)
         write = sel[None, :, None] & use[:, :, None]
+        # When the memory is full, restart from H = -I (clear every pair)
+        # rather than drop the oldest one: dropping a pair breaks the secant
+        # conditions of the later ones and stalls the method near convergence.
+        restart = (slot == 0) & (k > 1) & use[:, :, None]
+        us = tf.where(restart, tf.zeros_like(us), us)
+        vs = tf.where(restart, tf.zeros_like(vs), vs)
         us = tf.where(write, u[:, None, :], us)
         vs = tf.where(write, v[:, None, :], vs)
         step = -self._apply(us, vs, g)
-        z_next = z + step
-        ok = tf.reduce_all(tf.math.is_finite(z_next), axis=1, keepdims=True)
-        z_next = tf.where(ok, z_next, fz)
+        # Safeguard: a step that is not finite or absurdly long compared with
+        # the residual (a near-breakdown update at the rounding floor) is
+        # replaced by the plain iteration step.
+        step_norm = tf.sqrt(tf.reduce_sum(step * step, axis=1, keepdims=True))
+        g_norm = tf.sqrt(tf.reduce_sum(g * g, axis=1, keepdims=True))
+        ok = tf.math.is_finite(step_norm) & (step_norm <= self.max_step_ratio * g_norm + eps)
+        z_next = tf.where(ok, z + step, fz)
         return z_next, (us, vs, z, g), z, g, fz
 
     def get_config(self):
