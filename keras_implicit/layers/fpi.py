@@ -224,6 +224,7 @@ class ForwardFPI(keras.layers.Layer):
             max_iter=adjoint.max_iter,
             stop_mode=adjoint.stop_mode,
             name=f"{self.name}_backward",
+            dtype=self.dtype_policy,
         )
         kwargs.update(overrides)
         return BackwardFPI(self.cell, **kwargs)

@@ -1,0 +1,31 @@
+import os
+import re
+import subprocess
+import sys
+
+
+def _demo(tmp_path, *extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-m", "keras_implicit.cli", "demo", "--export", str(tmp_path / "sm"), "--verbose", "0", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_demo_trains_exports_and_reloads(tmp_path):
+    out = _demo(tmp_path, "--epochs", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    acc = float(re.search(r"test accuracy: ([0-9.]+)", out.stdout).group(1))
+    assert acc > 0.9
+    assert "forward iterations" in out.stdout and "backward iterations" in out.stdout
+    assert "-> agrees" in out.stdout
+    assert (tmp_path / "sm" / "saved_model.pb").exists()
+
+
+def test_demo_on_mnist1d(tmp_path):
+    out = _demo(tmp_path, "--dataset", "mnist1d", "--epochs", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mnist1d" in out.stdout and "-> agrees" in out.stdout
+
+
+def test_demo_rejects_bad_epochs(tmp_path):
+    out = _demo(tmp_path, "--epochs", "0")
+    assert out.returncode == 2 and "--epochs" in out.stderr
