@@ -45,6 +45,7 @@ def test_bad_memory(memory):
 
 def test_bad_hyperparameters():
     _raises(lambda: solvers.Anderson(ridge=-1.0), "ridge")
+    _raises(lambda: solvers.Anderson(ridge=0.0), "ridge")
     _raises(lambda: solvers.FixedPointIteration(damping=0.0), "damping")
     _raises(lambda: solvers.FixedPointIteration(damping=1.5), "damping")
     _raises(lambda: backward.Phantom(steps=0), "steps")

@@ -118,7 +118,7 @@ def test_non_finite_inputs_are_guarded(solver):
 def test_anderson_survives_degenerate_history():
     # f constant: every residual after the first is zero -> singular Gram matrix.
     f = lambda z: tf.ones_like(z) * 3.0  # noqa: E731
-    z, info = solvers.solve(f, tf.zeros([2, 3], tf.float64), solvers.Anderson(ridge=0.0), tol=1e-12, max_iter=10)
+    z, info = solvers.solve(f, tf.zeros([2, 3], tf.float64), solvers.Anderson(ridge=1e-12), tol=1e-12, max_iter=10)
     np.testing.assert_allclose(z.numpy(), 3.0)
     assert int(info.status) == ki.CONVERGED
 

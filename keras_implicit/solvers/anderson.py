@@ -6,6 +6,38 @@ from keras_implicit.solvers.base import Solver
 from keras_implicit.solvers.fixed_point_iteration import check_damping
 
 
+# Above this memory the elimination below is unrolled into too many small ops.
+_UNROLL_MAX = 8
+
+
+def _tiny(dtype):
+    return tf.constant(1e-30 if dtype == tf.float64 else 1e-20, dtype)
+
+
+def _spd_solve_ones(h):
+    """Solves `h s = 1` for a batch of small SPD matrices `h` of shape [b, m, m].
+
+    For small m the elimination is unrolled into elementwise ops on [b]
+    vectors (no pivoting is needed for SPD matrices): XLA fuses them into a
+    few kernels, where its `solve` on CPU runs a slow expanded loop, and
+    plain graph mode costs about the same as `tf.linalg.solve`.
+    """
+    m = h.shape[-1]
+    if m > _UNROLL_MAX:
+        return tf.linalg.solve(h, tf.ones_like(h[:, :, :1]))[:, :, 0]
+    a = [[h[:, i, j] for j in range(m)] for i in range(m)]
+    b = [tf.ones_like(a[0][0]) for _ in range(m)]
+    for p in range(m):
+        for i in range(m):
+            if i == p:
+                continue
+            factor = a[i][p] / a[p][p]
+            for j in range(p + 1, m):
+                a[i][j] = a[i][j] - factor * a[p][j]
+            b[i] = b[i] - factor * b[p]
+    return tf.stack([b[i] / a[i][i] for i in range(m)], axis=1)
+
+
 def check_memory(memory):
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
         raise ValueError(f"`memory` must be an integer >= 1. Received: memory={memory!r}")
@@ -24,13 +56,14 @@ class Anderson(Solver):
     The least-squares problem is solved in closed form,
     `alpha = s / sum(s)` with `(H / h + ridge I) s = 1`, where `H_ij = <r_i, r_j>`
     and `h` the mean of its diagonal (so `ridge` is relative to the residual
-    scale). The Gram matrix is updated one row per iteration and solved by
-    Cholesky. When the weights are not finite (e.g. a degenerate history) the
-    step falls back to plain damped iteration for that sample.
+    scale). The Gram matrix is updated one row per iteration; the small SPD
+    system is solved by unrolled elimination (fused by XLA). When the mix is
+    not finite (e.g. a degenerate history) the step falls back to plain
+    damped iteration for that sample.
 
     Args:
         memory: int >= 1, history length, default 5.
-        ridge: float >= 0, relative Tikhonov regularization, default 1e-4.
+        ridge: float > 0, relative Tikhonov regularization, default 1e-4.
         damping: float in (0, 1], default 1.0.
 
     Example:
@@ -48,8 +81,11 @@ class Anderson(Solver):
 
     def __init__(self, memory=5, ridge=1e-4, damping=1.0):
         self.memory = check_memory(memory)
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
-            raise ValueError(f"`ridge` must be a number >= 0. Received: ridge={ridge!r}")
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
+            raise ValueError(
+                "`ridge` must be a positive number (the least-squares problem is "
+                f"singular until the memory fills). Received: ridge={ridge!r}"
+            )
         self.ridge = float(ridge)
         self.damping = check_damping(damping)
 
@@ -62,46 +98,31 @@ class Anderson(Solver):
     def step(self, F, z, state, k):
         f_hist, r_hist, gram = state
         m = self.memory
-        dtype = z.dtype
         fz = F(z)
         r = fz - z
-        slot = tf.math.floormod(k, m)
-        onehot = tf.one_hot(slot, m, dtype=dtype)  # [m]
-        sel = tf.cast(onehot, tf.bool)
-        f_hist = tf.where(sel[None, :, None], fz[:, None, :], f_hist)
-        r_hist = tf.where(sel[None, :, None], r[:, None, :], r_hist)
-        # New row/column of the Gram matrix: <r_i, r>.
-        row = tf.einsum("bmn,bn->bm", r_hist, r)
-        gram = tf.where(sel[None, :, None], row[:, None, :], gram)
-        gram = tf.where(sel[None, None, :], row[:, :, None], gram)
-
-        n_valid = tf.minimum(k + 1, m)
-        valid = tf.range(m) < n_valid  # slots filled so far
-        valid_f = tf.cast(valid, dtype)
-        mask2 = valid_f[:, None] * valid_f[None, :]
-        diag = tf.linalg.diag_part(gram) * valid_f[None, :]
-        scale = tf.reduce_sum(diag, axis=1) / tf.cast(n_valid, dtype)
-        tiny = tf.constant(1e-30 if dtype == tf.float64 else 1e-20, dtype)
-        h = gram * mask2[None] / (scale + tiny)[:, None, None]
-        eye = tf.eye(m, dtype=dtype)
-        # Invalid slots get an identity block and a zero right-hand side.
-        h = h + eye[None] * (self.ridge * valid_f + (1.0 - valid_f))[None, :, None]
-        rhs = tf.broadcast_to(valid_f[None, :, None], tf.shape(h[:, :, :1]))
-        chol = tf.linalg.cholesky(h)
-        s = tf.linalg.cholesky_solve(chol, rhs)[:, :, 0]
+        # Slot k mod m takes the new pair. At k = 0 every slot takes it, so no
+        # slot is ever empty and no mask is needed: duplicated columns of the
+        # least-squares problem share their weight, which leaves the mix as it
+        # would be without them (up to the ridge).
+        sel = tf.equal(tf.range(m), tf.math.floormod(k, m)) | tf.equal(k, 0)
+        sel_rows = tf.reshape(sel, [1, m, 1])
+        f_hist = tf.where(sel_rows, fz[:, None, :], f_hist)
+        r_hist = tf.where(sel_rows, r[:, None, :], r_hist)
+        # New row and column of the Gram matrix <r_i, r_j>.
+        row = tf.linalg.matvec(r_hist, r)
+        gram = tf.where(sel_rows, row[:, None, :], gram)
+        gram = tf.where(tf.reshape(sel, [1, 1, m]), row[:, :, None], gram)
+        # Scale-free ridge: normalize by the mean squared residual.
+        scale = tf.linalg.trace(gram) / m + _tiny(z.dtype)
+        h = gram / scale[:, None, None] + self.ridge * tf.eye(m, dtype=z.dtype)
+        s = _spd_solve_ones(h)
         alpha = s / tf.reduce_sum(s, axis=1, keepdims=True)
-        ok = tf.reduce_all(tf.math.is_finite(alpha), axis=1)
-        plain = tf.broadcast_to(onehot[None, :], tf.shape(alpha))
-        alpha = tf.where(ok[:, None], alpha, plain)
-        f_mix = tf.einsum("bm,bmn->bn", alpha, f_hist)
-        if self.damping == 1.0:
-            z_next = f_mix
-        else:
-            r_mix = tf.einsum("bm,bmn->bn", alpha, r_hist)
-            z_next = f_mix - (1.0 - self.damping) * r_mix
-        # A non-finite mix (not a non-finite f) falls back to the plain step.
-        z_ok = tf.reduce_all(tf.math.is_finite(z_next), axis=1, keepdims=True)
-        z_next = tf.where(z_ok, z_next, z + self.damping * r)
+        z_next = tf.linalg.matvec(f_hist, alpha, transpose_a=True)
+        if self.damping != 1.0:
+            z_next -= (1.0 - self.damping) * tf.linalg.matvec(r_hist, alpha, transpose_a=True)
+        # Degenerate weights (not a non-finite f) fall back to the plain step.
+        ok = tf.reduce_all(tf.math.is_finite(z_next), axis=1, keepdims=True)
+        z_next = tf.where(ok, z_next, z + self.damping * r)
         return z_next, (f_hist, r_hist, gram), z, r, fz
 
     def get_config(self):

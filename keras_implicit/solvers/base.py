@@ -127,7 +127,7 @@ def _norm(x):
     return tf.sqrt(tf.reduce_sum(tf.square(x), axis=1))
 
 
-def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=1):
+def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10):
     """Runs `solver` on `z = f(z)` from `z0`; the single `tf.while_loop` of the package.
 
     Args:

@@ -41,58 +41,59 @@ class Broyden(Solver):
     def init(self, F, z):
         batch, n = tf.shape(z)[0], tf.shape(z)[1]
         hist = tf.zeros(tf.stack([batch, self.memory, n]), z.dtype)
-        return (hist, hist, tf.zeros_like(z), tf.zeros_like(z))
+        zeros = tf.zeros_like(z)
+        return (hist, hist, zeros, zeros, zeros)
 
     @staticmethod
     def _apply(us, vs, x):
         """H x with H = -I + sum u_i v_i^T."""
-        return -x + tf.einsum("bmn,bm->bn", us, tf.einsum("bmn,bn->bm", vs, x))
+        return -x + tf.linalg.matvec(us, tf.linalg.matvec(vs, x), transpose_a=True)
 
     @staticmethod
     def _apply_t(us, vs, x):
         """H^T x."""
-        return -x + tf.einsum("bmn,bm->bn", vs, tf.einsum("bmn,bn->bm", us, x))
+        return -x + tf.linalg.matvec(vs, tf.linalg.matvec(us, x), transpose_a=True)
 
     def step(self, F, z, state, k):
-        us, vs, z_prev, g_prev = state
+        # hg_prev = H g_prev with the current H (the one the previous step used).
+        us, vs, z_prev, g_prev, hg_prev = state
         dtype = z.dtype
         fz = F(z)
         g = fz - z
-        # Rank-one update from the previous step (none at k = 0).
+        hg = self._apply(us, vs, g)
+        # Rank-one update from the previous step (none at k = 0):
+        # H dg = H g - H g_prev costs no further products.
         dz = z - z_prev
-        dg = g - g_prev
-        h_dg = self._apply(us, vs, dg)
+        h_dg = hg - hg_prev
         denom = tf.reduce_sum(dz * h_dg, axis=1, keepdims=True)
         eps = tf.constant(1e-12 if dtype == tf.float64 else 1e-7, dtype)
-        scale = tf.sqrt(tf.reduce_sum(dz * dz, axis=1, keepdims=True)) * tf.sqrt(
-            tf.reduce_sum(h_dg * h_dg, axis=1, keepdims=True)
-        )
+        scale = tf.norm(dz, axis=1, keepdims=True) * tf.norm(h_dg, axis=1, keepdims=True)
         use = (k > 0) & (tf.abs(denom) > eps * scale) & tf.math.is_finite(denom)
         safe = tf.where(use, denom, tf.ones_like(denom))
         u = tf.where(use, (dz - h_dg) / safe, tf.zeros_like(dz))
         v = tf.where(use, self._apply_t(us, vs, dz), tf.zeros_like(dz))
-        # Write into the ring buffer only for samples whose update is usable;
-        # the others keep the pair stored in that slot.
-        slot = tf.math.floormod(tf.maximum(k - 1, 0), self.memory)
-        sel = tf.cast(tf.one_hot(slot, self.memory, dtype=dtype), tf.bool)
-        write = sel[None, :, None] & use[:, :, None]
+        # Write into slot (k - 1) mod memory for samples whose update is usable.
         # When the memory is full, restart from H = -I (clear every pair)
         # rather than drop the oldest one: dropping a pair breaks the secant
         # conditions of the later ones and stalls the method near convergence.
-        restart = (slot == 0) & (k > 1) & use[:, :, None]
-        us = tf.where(restart, tf.zeros_like(us), us)
-        vs = tf.where(restart, tf.zeros_like(vs), vs)
-        us = tf.where(write, u[:, None, :], us)
-        vs = tf.where(write, v[:, None, :], vs)
-        step = -self._apply(us, vs, g)
+        slot = tf.math.floormod(tf.maximum(k - 1, 0), self.memory)
+        sel = tf.reshape(tf.equal(tf.range(self.memory), slot), [1, self.memory, 1])
+        use3 = use[:, :, None]
+        restart = (slot == 0) & (k > 1) & use3
+        us = tf.where(sel & use3, u[:, None, :], tf.where(restart, tf.zeros_like(us), us))
+        vs = tf.where(sel & use3, v[:, None, :], tf.where(restart, tf.zeros_like(vs), vs))
+        # H_new g = H_old g + u (v . g), or -g + u (v . g) after a restart.
+        vg = tf.reduce_sum(v * g, axis=1, keepdims=True)
+        hg = tf.where(restart[:, 0, :], -g, hg) + u * vg
+        step = -hg
         # Safeguard: a step that is not finite or absurdly long compared with
         # the residual (a near-breakdown update at the rounding floor) is
         # replaced by the plain iteration step.
-        step_norm = tf.sqrt(tf.reduce_sum(step * step, axis=1, keepdims=True))
-        g_norm = tf.sqrt(tf.reduce_sum(g * g, axis=1, keepdims=True))
+        step_norm = tf.norm(step, axis=1, keepdims=True)
+        g_norm = tf.norm(g, axis=1, keepdims=True)
         ok = tf.math.is_finite(step_norm) & (step_norm <= self.max_step_ratio * g_norm + eps)
         z_next = tf.where(ok, z + step, fz)
-        return z_next, (us, vs, z, g), z, g, fz
+        return z_next, (us, vs, z, g, hg), z, g, fz
 
     def get_config(self):
         return {"memory": self.memory}
