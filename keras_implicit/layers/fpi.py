@@ -68,8 +68,34 @@ def _info_spec(batch, max_iter, dtype):
     )
 
 
+class _SolveSettings:
+    """Validated solve settings shared by the FPI layers (and their configs)."""
+
+    def _set_solve_settings(self, cell, solver, tol, max_iter, stop_mode, return_info, on_failure):
+        self.cell = _resolve_cell(cell)
+        self.state_shape = _state_shape(self.cell)
+        self.solver = solvers_lib.get(solver)
+        check_tol_and_max_iter(tol, max_iter, stop_mode)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.stop_mode = stop_mode
+        self.return_info = bool(return_info)
+        self.on_failure = check_on_failure(on_failure)
+
+    def _solve_settings_config(self):
+        return {
+            "cell": keras.saving.serialize_keras_object(self.cell),
+            "solver": solvers_lib.serialize(self.solver),
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "stop_mode": self.stop_mode,
+            "return_info": self.return_info,
+            "on_failure": self.on_failure,
+        }
+
+
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class ForwardFPI(keras.layers.Layer):
+class ForwardFPI(_SolveSettings, keras.layers.Layer):
     """Forward fixed-point-iteration layer: outputs `z*` with `z* = cell(z*, x)`.
 
     The forward pass runs a fixed-point solver on the cell; the backward pass
@@ -130,16 +156,8 @@ class ForwardFPI(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.cell = _resolve_cell(cell)
-        self.state_shape = _state_shape(self.cell)
-        self.solver = solvers_lib.get(solver)
+        self._set_solve_settings(cell, solver, tol, max_iter, stop_mode, return_info, on_failure)
         self.backward = backward_lib.get(backward)
-        check_tol_and_max_iter(tol, max_iter, stop_mode)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.stop_mode = stop_mode
-        self.return_info = bool(return_info)
-        self.on_failure = check_on_failure(on_failure)
         self.track_metrics = bool(track_metrics)
         if self.track_metrics:
             self.fwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_fwd_iters")
@@ -231,21 +249,15 @@ class ForwardFPI(keras.layers.Layer):
 
     def get_config(self):
         config = {
-            "cell": keras.saving.serialize_keras_object(self.cell),
-            "solver": solvers_lib.serialize(self.solver),
+            **self._solve_settings_config(),
             "backward": backward_lib.serialize(self.backward),
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "stop_mode": self.stop_mode,
-            "return_info": self.return_info,
-            "on_failure": self.on_failure,
             "track_metrics": self.track_metrics,
         }
         return {**super().get_config(), **config}
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class BackwardFPI(keras.layers.Layer):
+class BackwardFPI(_SolveSettings, keras.layers.Layer):
     """Backward fixed-point-iteration layer: the adjoint of a fixed point.
 
     Called on `(x, z_star, dz)` it solves
@@ -287,15 +299,7 @@ class BackwardFPI(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.cell = _resolve_cell(cell)
-        self.state_shape = _state_shape(self.cell)
-        self.solver = solvers_lib.get(solver)
-        check_tol_and_max_iter(tol, max_iter, stop_mode)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.stop_mode = stop_mode
-        self.return_info = bool(return_info)
-        self.on_failure = check_on_failure(on_failure)
+        self._set_solve_settings(cell, solver, tol, max_iter, stop_mode, return_info, on_failure)
 
     def build(self, input_shape):
         if not (isinstance(input_shape, (list, tuple)) and len(input_shape) == 3):
@@ -339,13 +343,4 @@ class BackwardFPI(keras.layers.Layer):
         return c, dx, info
 
     def get_config(self):
-        config = {
-            "cell": keras.saving.serialize_keras_object(self.cell),
-            "solver": solvers_lib.serialize(self.solver),
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "stop_mode": self.stop_mode,
-            "return_info": self.return_info,
-            "on_failure": self.on_failure,
-        }
-        return {**super().get_config(), **config}
+        return {**super().get_config(), **self._solve_settings_config()}
