@@ -70,10 +70,11 @@ def test_implicit_matches_unrolled(reference, solver, compile):
         assert _rel(got, want) < 1e-6
 
 
-@pytest.mark.parametrize("solver", ["anderson", "broyden"])
-def test_unrolled_with_other_solvers_matches_reference(reference, solver):
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson", "broyden"])
+@pytest.mark.parametrize("compile", [None, "graph", "jit"])
+def test_unrolled_matches_reference(reference, solver, compile):
     f, x, r, variables = _setup()
-    _, grads, _ = _loss_and_grads(f, x, r, variables, solver, "unrolled", max_iter=250)
+    _, grads, _ = _loss_and_grads(f, x, r, variables, solver, "unrolled", max_iter=250, compile=compile)
     for got, want in zip(grads, reference):
         assert _rel(got, want) < 1e-6
 
