@@ -23,13 +23,32 @@ class SolveSpec:
     max_iter: int
     stop_mode: str = "abs"
 
-    def run(self, f, z0):
-        return solve(f, z0, self.solver, self.tol, self.max_iter, self.stop_mode)
+    def run(self, f, z0, args=()):
+        """Solves `z = f(z, *args)` from `z0`; returns `(z, SolverInfo)`.
 
-    def run_without_gradient(self, f, z0):
+        A solver that needs the problem's structure (operator splitting) gets
+        it from `f.splitting_problem(*args)`.
+        """
+        structure = None
+        if getattr(self.solver, "needs_structure", False):
+            builder = getattr(f, "splitting_problem", None)
+            if builder is None:
+                raise ValueError(
+                    f"The solver {self.solver.name!r} works on the structure "
+                    "z = prox(W z + b) and needs a cell that provides it (e.g. "
+                    "MonotoneDense's); use 'anderson', 'broyden' or 'fixed_point' "
+                    f"for a general cell. Received: solver={self.solver!r}, f={f!r}"
+                )
+            structure = builder(*args)
+        return solve(
+            lambda z: f(z, *args), z0, self.solver, self.tol, self.max_iter, self.stop_mode,
+            structure=structure,
+        )
+
+    def run_without_gradient(self, f, z0, args=()):
         """Solves without recording on any gradient tape (saves eager memory)."""
         with stop_recording():
-            z, info = self.run(f, z0)
+            z, info = self.run(f, z0, args)
         return tf.nest.map_structure(tf.stop_gradient, z), info
 
 

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.backward.base import BackwardMode, SolveSpec, stop_recording
-from keras_implicit.solvers.base import check_tol_and_max_iter
+from keras_implicit.solvers.base import check_tol_and_max_iter, solve
 
 
 def _is_float(t):
@@ -62,7 +62,22 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=()):
         )
         return tf.nest.pack_sequence_as(z_star, [a + b for a, b in zip(jtc, dz_leaves)])
 
-    c, info = spec.run(adjoint_map, dz)
+    if getattr(spec.solver, "needs_structure", False):
+        # Operator splitting on the transposed problem (e.g. monDEQ's
+        # Theorem 3 form); the cell maps its solution to the adjoint c.
+        builder = getattr(f, "adjoint_splitting_problem", None)
+        if builder is None:
+            raise ValueError(
+                f"The adjoint solver {spec.solver.name!r} needs a cell that provides "
+                "`adjoint_splitting_problem`; use Implicit(solver='anderson') for a "
+                f"general cell. Received: f={f!r}"
+            )
+        problem, y0, finish = builder(z_star, dz, *args)
+        y, info = solve(lambda y: y, y0, spec.solver, spec.tol, spec.max_iter, spec.stop_mode,
+                        structure=problem)
+        c = finish(y)
+    else:
+        c, info = spec.run(adjoint_map, dz)
     c_leaves = tf.nest.flatten(c)
     grads = tape.gradient(
         fz_leaves,
@@ -146,10 +161,10 @@ class Implicit(BackwardMode):
         }
 
 
-def _reattach(f_bound, z):
+def _reattach(f, z, args):
     """Forward of the re-attached z*: its value, reading the variables of f."""
     with stop_recording():
-        f_bound(z)  # lets custom_gradient see which variables f reads
+        f(z, *args)  # lets custom_gradient see which variables f reads
     return z, None
 
 
@@ -161,11 +176,9 @@ def _implicit_op(f, z0, args, forward, adjoint_spec, callback):
     @tf.custom_gradient
     def op(*flat):
         a = tf.nest.pack_sequence_as(args, list(flat))
+        z, info = forward(f, z0, a)
         if forward is _reattach:
-            z, info = _reattach(lambda z: f(z, *a), z0)
             z = tf.nest.map_structure(tf.identity, z)
-        else:
-            z, info = forward(lambda z: f(z, *a), z0)
         z_sg = tf.nest.map_structure(tf.stop_gradient, z)
         z_leaves = tf.nest.flatten(z)
 

@@ -47,7 +47,7 @@ class Phantom(BackwardMode):
         self.damping = float(damping)
 
     def apply(self, f, z0, args, spec, callback=None):
-        z_star, info = spec.run_without_gradient(lambda z: f(z, *args), z0)
+        z_star, info = spec.run_without_gradient(f, z0, args)
         return _damped_steps(f, z_star, args, self.steps, self.damping), info
 
     def get_config(self):
@@ -68,5 +68,5 @@ class JacobianFree(BackwardMode):
     name = "jacobian_free"
 
     def apply(self, f, z0, args, spec, callback=None):
-        z_star, info = spec.run_without_gradient(lambda z: f(z, *args), z0)
+        z_star, info = spec.run_without_gradient(f, z0, args)
         return _damped_steps(f, z_star, args, 1, 1.0), info

@@ -16,4 +16,4 @@ class Unrolled(BackwardMode):
     exact = True
 
     def apply(self, f, z0, args, spec, callback=None):
-        return spec.run(lambda z: f(z, *args), z0)
+        return spec.run(f, z0, args)

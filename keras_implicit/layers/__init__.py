@@ -1,6 +1,7 @@
-"""Keras layers: equilibrium cells and the forward/backward FPI layers."""
+"""Keras layers: equilibrium cells, the forward/backward FPI layers and model families."""
 
 from keras_implicit.layers.cells import DenseCell
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
+from keras_implicit.layers.monotone import MonotoneCell, MonotoneDense, tune_alpha
 
-__all__ = ["BackwardFPI", "DenseCell", "ForwardFPI"]
+__all__ = ["BackwardFPI", "DenseCell", "ForwardFPI", "MonotoneCell", "MonotoneDense", "tune_alpha"]

@@ -43,6 +43,18 @@ def _resolve_cell(cell):
     return cell
 
 
+def cell_function(cell):
+    """`f(z, x) = cell(z, x)`, carrying the cell's splitting structure if it has one."""
+
+    def f(z, x):
+        return cell(z, x)
+
+    for name in ("splitting_problem", "adjoint_splitting_problem"):
+        if hasattr(cell, name):
+            setattr(f, name, getattr(cell, name))
+    return f
+
+
 def _build_cell(cell, x_shape, state_shape):
     """Builds `cell` by calling it once on symbolic tensors; checks its output shape."""
     x_shape = tuple(x_shape)
@@ -174,9 +186,6 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         """The forward `SolveSpec` (solver and stopping rule)."""
         return SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode)
 
-    def _f(self, z, x):
-        return self.cell(z, x)
-
     def _record_backward(self, info):
         if self.track_metrics:
             self.bwd_iters_metric.update_state(tf.cast(info.iterations, "float32"))
@@ -198,7 +207,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
                     f"Received: initial_state.shape={tuple(z0.shape)}"
                 )
         return fixed_point(
-            self._f,
+            cell_function(self.cell),
             z0,
             inputs,
             solver=self.solver,
@@ -322,7 +331,7 @@ class BackwardFPI(_SolveSettings, keras.layers.Layer):
         """Returns `(c, dx, SolverInfo)` whatever `return_info` says."""
         spec = SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode)
         c, arg_grads, _, info = backward_lib.adjoint_solve(
-            lambda z, x: self.cell(z, x), z_star, (x,), dz, spec
+            cell_function(self.cell), z_star, (x,), dz, spec
         )
         report_failure(info, self.on_failure, "adjoint solve")
         return c, arg_grads[0], info

@@ -1,7 +1,9 @@
 """Fixed-point solvers and their registry.
 
 Every solver is driven by `keras_implicit.solvers.solve`, the package's one
-`tf.while_loop`. Identifiers: `"fixed_point"`, `"anderson"`, `"broyden"`.
+`tf.while_loop`. Identifiers: `"fixed_point"`, `"anderson"`, `"broyden"` (any map), and
+`"peaceman_rachford"`, `"forward_backward"` (operator splitting for cells
+with the structure `z = prox(W z + b)`, e.g. `MonotoneDense`).
 """
 
 from keras_implicit.registry import Registry
@@ -9,9 +11,10 @@ from keras_implicit.solvers.anderson import Anderson
 from keras_implicit.solvers.base import Packer, Solver, solve
 from keras_implicit.solvers.broyden import Broyden
 from keras_implicit.solvers.fixed_point_iteration import FixedPointIteration
+from keras_implicit.solvers.splitting import ForwardBackward, PeacemanRachford
 
 _REGISTRY = Registry("solver", Solver)
-for _cls in (FixedPointIteration, Anderson, Broyden):
+for _cls in (FixedPointIteration, Anderson, Broyden, PeacemanRachford, ForwardBackward):
     _REGISTRY.register(_cls)
 
 get = _REGISTRY.get
@@ -23,6 +26,8 @@ __all__ = [
     "Anderson",
     "Broyden",
     "FixedPointIteration",
+    "ForwardBackward",
+    "PeacemanRachford",
     "Packer",
     "Solver",
     "deserialize",

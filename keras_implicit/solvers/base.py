@@ -127,7 +127,8 @@ def _norm(x):
     return tf.sqrt(tf.reduce_sum(tf.square(x), axis=1))
 
 
-def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10):
+def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10,
+          structure=None):
     """Runs `solver` on `z = f(z)` from `z0`; the single `tf.while_loop` of the package.
 
     Args:
@@ -139,6 +140,9 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         max_iter: at most this many iterations (function evaluations).
         stop_mode: `"abs"` for `||f(z) - z||`, `"rel"` for
             `||f(z) - z|| / (||f(z)|| + 1e-6)`, per sample.
+        structure: optional problem structure for solvers that need it
+            (operator splitting); they find it as `F.structure`, with the
+            state's `Packer` as `F.packer`.
 
     Returns:
         `(z, info)`: the lowest-residual iterate of each sample, in the
@@ -156,6 +160,9 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
 
     def F(z_flat):
         return packer.pack(f(packer.unpack(z_flat)))
+
+    F.structure = structure
+    F.packer = packer
 
     batch = tf.shape(z0_flat)[0]
     inf = tf.fill([batch], tf.constant(float("inf"), dtype))

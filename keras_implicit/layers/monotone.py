@@ -1,0 +1,286 @@
+"""Monotone operator equilibrium networks (monDEQ; Winston & Kolter, NeurIPS 2020)."""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from keras_implicit import prox as prox_lib
+from keras_implicit import solvers as solvers_lib
+from keras_implicit.layers.fpi import ForwardFPI
+from keras_implicit.operators import DenseOperator, SplittingProblem, adjoint_prox
+from keras_implicit.solvers.splitting import ForwardBackward
+
+# torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the paper's code.
+_LINEAR_INIT = {"class_name": "VarianceScaling",
+                "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"}}
+
+
+def check_m(m):
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+        raise ValueError(
+            f"`m` (the monotonicity parameter) must be a positive number. Received: m={m!r}"
+        )
+    return float(m)
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class MonotoneCell(keras.layers.Layer):
+    """The monDEQ cell `f(z, x) = sigma(W z + U x + b)` with a monotone `W`.
+
+    `W = (1 - m) I - A^T A + B - B^T`, so `I - W = m I + A^T A + (B^T - B)` has
+    symmetric part `m I + A^T A >= m I` for every `A, B` (Winston & Kolter,
+    Theorem 1): the equilibrium exists and is unique for every input. With
+    `weight_normalization=True`, `A^T A` becomes `g A^T A / ||A||_F^2` and `B`
+    becomes `h B / ||B||_F` with learned scalars `g`, `h`.
+
+    Besides `call`, the cell gives the operator-splitting solvers their
+    structure (`splitting_problem`) and the backward pass its transposed
+    problem (`adjoint_splitting_problem`, Theorem 3).
+
+    Args:
+        units: int, width of the hidden state.
+        m: float > 0, monotonicity parameter, default 1.0.
+        activation: a proximal activation (see `keras_implicit.prox`), default "relu".
+        weight_normalization: bool, default False.
+        kernel_initializer: for `A`, `B` and `U`, default torch.nn.Linear's.
+        bias_initializer: default "zeros".
+    """
+
+    def __init__(self, units, m=1.0, activation="relu", weight_normalization=False,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"`units` must be a positive integer. Received: units={units!r}")
+        self.units = units
+        self.state_size = units
+        self.m = check_m(m)
+        self.activation = prox_lib.get(activation)
+        self.weight_normalization = bool(weight_normalization)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, z_shape, x_shape=None):
+        if x_shape is None or len(x_shape) != 2 or x_shape[-1] is None:
+            raise ValueError(
+                "MonotoneCell expects inputs of shape (batch, features). "
+                f"Received: x.shape={None if x_shape is None else tuple(x_shape)}"
+            )
+        n = self.units
+        self.A = self.add_weight(name="A", shape=(n, n), initializer=self.kernel_initializer)
+        self.B = self.add_weight(name="B", shape=(n, n), initializer=self.kernel_initializer)
+        self.kernel = self.add_weight(name="kernel", shape=(x_shape[-1], n), initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(n,), initializer=self.bias_initializer)
+        if self.weight_normalization:
+            self.g = self.add_weight(name="g", shape=(), initializer="ones")
+            self.h = self.add_weight(name="h", shape=(), initializer="ones")
+
+    def implicit_weight(self):
+        """The matrix `W = (1 - m) I - A^T A + B - B^T`."""
+        a = tf.convert_to_tensor(self.A)
+        b = tf.convert_to_tensor(self.B)
+        ata = tf.matmul(a, a, transpose_a=True)
+        if self.weight_normalization:
+            ata = self.g * ata / tf.reduce_sum(tf.square(a))
+            b = self.h * b / tf.norm(b)
+        eye = tf.eye(self.units, dtype=a.dtype)
+        return (1.0 - self.m) * eye - ata + b - tf.transpose(b)
+
+    def input_injection(self, x):
+        return tf.matmul(x, self.kernel) + self.bias
+
+    def operator(self):
+        return DenseOperator(self.implicit_weight())
+
+    def call(self, z, x):
+        return self.activation(self.operator().multiply(z) + self.input_injection(x))
+
+    def splitting_problem(self, x):
+        """`z = prox(W z + U x + b)` for the splitting solvers."""
+        return SplittingProblem(self.operator(), self.input_injection(x), self.activation.prox)
+
+    def adjoint_splitting_problem(self, z_star, dz, x):
+        """The backward pass as a splitting problem (Theorem 3).
+
+        Solves for `y = J c` in `0 in (I - W^T) y + D y - (1 + D) J dz`
+        (`J` the activation's derivative at `z_star`, `D = (1 - J)/J`), and
+        maps it to the adjoint `c = dz + W^T y`.
+        """
+        op = self.operator()
+        j = self.activation.derivative(z_star)
+        problem = SplittingProblem(op, None, adjoint_prox(j, j * dz), transpose=True)
+        return problem, tf.zeros_like(dz), lambda y: dz + op.multiply_transpose(y)
+
+    def compute_output_shape(self, z_shape, x_shape=None):
+        return tuple(z_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "m": self.m,
+            "activation": prox_lib.serialize(self.activation),
+            "weight_normalization": self.weight_normalization,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
+
+
+def _splitting_solver(solver, alpha, activation):
+    """Resolves `solver`, giving a splitting solver named by string the layer's alpha."""
+    if isinstance(solver, str) and solver in ("peaceman_rachford", "forward_backward"):
+        solver = solvers_lib.get({"class_name": solver, "config": {"alpha": alpha}})
+    else:
+        solver = solvers_lib.get(solver)
+    a = getattr(solver, "alpha", None)
+    if a is not None and not activation.supports(a):
+        raise ValueError(
+            f"The activation {activation.name!r} has a closed-form prox_alpha only for "
+            f"alpha = 1, and the solver {solver.name!r} uses alpha = {a}. Use relu, "
+            f"leaky_relu, soft_threshold or identity, or alpha=1.0. Received: alpha={a!r}"
+        )
+    return solver
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class MonotoneDense(ForwardFPI):
+    """A dense monotone operator equilibrium layer: `z* = sigma(W z* + U x + b)`.
+
+    `W = (1 - m) I - A^T A + B - B^T` makes `I - W >= m I`, so the
+    equilibrium is unique for every input and parameter value (Winston &
+    Kolter 2020, Theorem 1). It is found by operator splitting:
+    Peaceman-Rachford (default; converges for any `alpha > 0`) or
+    forward-backward (`alpha <= 2 m / ||I - W||^2`). The default backward
+    solves the adjoint system `(I - J W)^T c = dL/dz*` by the same splitting
+    on the transposed operator (Theorem 3), reusing the resolvent; any other
+    backward mode of the package (e.g. `Implicit(solver="anderson")`) works
+    too, and so do the generic solvers.
+
+    Args:
+        units: int, width.
+        m: float > 0, default 1.0.
+        activation: proximal activation, default "relu".
+        solver: default "peaceman_rachford"; a splitting solver named by
+            string gets `alpha`.
+        alpha: float > 0, splitting step, default 1.0.
+        backward: default "implicit" (adjoint by the same solver).
+        tol: default 1e-4, on the relative residual
+            `||z+ - z|| / (||z+|| + 1e-6)` (`stop_mode="rel"`, as the paper).
+        max_iter: default 100.
+        stop_mode: default "rel".
+        weight_normalization: default False.
+        return_info, on_failure, track_metrics: as `ForwardFPI`.
+
+    Weights: `A`, `B`, `kernel` (U) and `bias`.
+
+    Example:
+
+    >>> import keras, keras_implicit as ki
+    >>> inputs = keras.Input((64,))
+    >>> z = ki.layers.MonotoneDense(87)(inputs)
+    >>> keras.Model(inputs, keras.layers.Dense(10)(z)).count_params()
+    21895
+
+    Reference: Winston & Kolter, "Monotone operator equilibrium networks",
+    NeurIPS 2020 (arXiv 2006.08591).
+    """
+
+    def __init__(self, units, m=1.0, activation="relu", solver="peaceman_rachford", alpha=1.0,
+                 backward="implicit", tol=1e-4, max_iter=100, stop_mode="rel",
+                 weight_normalization=False, return_info=False, on_failure="warn",
+                 track_metrics=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 **kwargs):
+        kwargs.pop("cell", None)
+        cell = MonotoneCell(units, m=m, activation=activation, weight_normalization=weight_normalization,
+                            kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                            name="monotone_cell", dtype=kwargs.get("dtype"))
+        solver = _splitting_solver(solver, alpha, cell.activation)
+        super().__init__(cell, solver=solver, backward=backward, tol=tol, max_iter=max_iter,
+                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
+                         track_metrics=track_metrics, **kwargs)
+        self.units = units
+        self.alpha = getattr(self.solver, "alpha", float(alpha))
+
+    def implicit_weight(self):
+        """The matrix `W` of the equilibrium `z = sigma(W z + U x + b)`."""
+        return self.cell.implicit_weight()
+
+    def forward_backward_bound(self):
+        """The largest `alpha` for which forward-backward splitting provably converges, `2 m / ||I - W||_2^2`."""
+        w = self.implicit_weight()
+        lip = tf.linalg.svd(tf.eye(self.units, dtype=w.dtype) - w, compute_uv=False)[0]
+        return float(2.0 * self.cell.m / lip**2)
+
+    def call(self, inputs, initial_state=None):
+        if isinstance(self.solver, ForwardBackward) and tf.executing_eagerly():
+            bound = self.forward_backward_bound()
+            if self.solver.alpha > bound:
+                warnings.warn(
+                    f"Forward-backward splitting with alpha={self.solver.alpha} exceeds its "
+                    f"convergence bound 2m/||I - W||^2 = {bound:.3g}; it may diverge. Use "
+                    "alpha <= the bound or solver='peaceman_rachford'.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return super().call(inputs, initial_state)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("cell")
+        cell = self.cell
+        config.update({
+            "units": self.units,
+            "m": cell.m,
+            "activation": prox_lib.serialize(cell.activation),
+            "alpha": self.alpha,
+            "weight_normalization": cell.weight_normalization,
+            "kernel_initializer": keras.initializers.serialize(cell.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(cell.bias_initializer),
+        })
+        return config
+
+
+def tune_alpha(layer, x, alphas=None, verbose=False):
+    """Picks the Peaceman-Rachford `alpha` that needs the fewest forward iterations.
+
+    Follows the paper's code: starting from the layer's alpha, halve it while
+    the iteration count does not grow, and keep the best. Sets
+    `layer.solver` to `PeacemanRachford(best)` and returns `(best, table)`
+    where `table` maps each tried alpha to its iteration count.
+
+    Args:
+        layer: a built `MonotoneDense`.
+        x: a batch of the layer's inputs.
+        alphas: optional explicit list of alphas to try instead.
+    """
+    from keras_implicit.solvers.splitting import PeacemanRachford
+
+    table = {}
+
+    def iterations(a):
+        layer.solver = PeacemanRachford(a)
+        _, info = layer.solve(tf.convert_to_tensor(x))
+        table[a] = int(info.iterations)
+        if verbose:
+            print(f"alpha={a:.4g}: {table[a]} iterations")
+        return table[a]
+
+    if alphas is not None:
+        for a in alphas:
+            iterations(float(a))
+    else:
+        a = float(layer.alpha)
+        best = iterations(a)
+        while a > 1e-4:
+            a /= 2.0
+            its = iterations(a)
+            if its > best:
+                break
+            best = min(best, its)
+    best_alpha = min(table, key=lambda a: (table[a], -a))
+    layer.solver = PeacemanRachford(best_alpha)
+    layer.alpha = best_alpha
+    return best_alpha, dict(sorted(table.items(), key=lambda kv: -kv[0]))
+
+
+__all__ = ["MonotoneCell", "MonotoneDense", "tune_alpha"]

@@ -1,0 +1,149 @@
+"""Activations as proximal operators.
+
+An elementwise activation `sigma` that is monotone and 1-Lipschitz is the
+proximal operator of a convex function `f`: `sigma = prox_f = (I + df)^{-1}`
+(Winston & Kolter 2020, Prop. 1). Operator-splitting solvers need the scaled
+version `prox_{alpha f} = (I + alpha df)^{-1}` and, for the backward pass, the
+(Clarke) derivative of `sigma` expressed through its output `z = sigma(v)`.
+
+| activation         | f                                   | prox_alpha          | alpha |
+|--------------------|-------------------------------------|---------------------|-------|
+| `relu`             | indicator of z >= 0                 | relu                | any   |
+| `soft_threshold`   | lam |z|                             | soft-threshold at alpha lam | any |
+| `leaky_relu`       | (1/a - 1) z^2 / 2 for z < 0        | v, or v / (1 + alpha (1/a - 1)) for v < 0 | any |
+| `identity`         | 0                                   | identity            | any   |
+| `tanh`, `sigmoid`-like | no closed form for alpha != 1    | sigma itself        | 1 only |
+
+So Peaceman-Rachford or forward-backward with `alpha != 1` need one of the
+first four; with `alpha = 1` any listed activation works.
+"""
+
+import tensorflow as tf
+
+
+class Prox:
+    """An activation seen as a proximal operator."""
+
+    name = None
+    any_alpha = True
+
+    def __call__(self, v):
+        """The activation itself, `prox_1`."""
+        return self.prox(v, 1.0)
+
+    def prox(self, v, alpha):
+        raise NotImplementedError
+
+    def derivative(self, z):
+        """d sigma / dv at the point whose output is `z` (a Clarke element)."""
+        raise NotImplementedError
+
+    def supports(self, alpha):
+        return self.any_alpha or float(alpha) == 1.0
+
+    def get_config(self):
+        return {}
+
+
+class ReLU(Prox):
+    """`relu`, the prox of the indicator of the nonnegative orthant (any alpha)."""
+
+    name = "relu"
+
+    def prox(self, v, alpha):
+        return tf.nn.relu(v)
+
+    def derivative(self, z):
+        return tf.cast(z > 0, z.dtype)
+
+
+class SoftThreshold(Prox):
+    """Soft-thresholding, the prox of `lam |z|`: `sign(v) max(|v| - alpha lam, 0)`."""
+
+    name = "soft_threshold"
+
+    def __init__(self, lam=0.1):
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+            raise ValueError(f"`lam` must be a number >= 0. Received: lam={lam!r}")
+        self.lam = float(lam)
+
+    def prox(self, v, alpha):
+        return tf.sign(v) * tf.nn.relu(tf.abs(v) - alpha * self.lam)
+
+    def derivative(self, z):
+        return tf.cast(tf.not_equal(z, 0), z.dtype)
+
+    def get_config(self):
+        return {"lam": self.lam}
+
+
+class LeakyReLU(Prox):
+    """Leaky ReLU with slope `a` in (0, 1] for v < 0, the prox of `(1/a - 1) min(z, 0)^2 / 2`."""
+
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope=0.1):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or not 0 < negative_slope <= 1:
+            raise ValueError(
+                "`negative_slope` must be in (0, 1] (monotone and 1-Lipschitz). "
+                f"Received: negative_slope={negative_slope!r}"
+            )
+        self.negative_slope = float(negative_slope)
+
+    def prox(self, v, alpha):
+        scale = 1.0 / (1.0 + alpha * (1.0 / self.negative_slope - 1.0))
+        return tf.where(v >= 0, v, scale * v)
+
+    def derivative(self, z):
+        return tf.where(z >= 0, tf.ones_like(z), self.negative_slope * tf.ones_like(z))
+
+    def get_config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class Identity(Prox):
+    """The identity, the prox of 0 (a linear equilibrium model)."""
+
+    name = "identity"
+
+    def prox(self, v, alpha):
+        return v
+
+    def derivative(self, z):
+        return tf.ones_like(z)
+
+
+class Tanh(Prox):
+    """`tanh`: its prox is known in closed form only for alpha = 1."""
+
+    name = "tanh"
+    any_alpha = False
+
+    def prox(self, v, alpha):
+        return tf.tanh(v)
+
+    def derivative(self, z):
+        return 1.0 - tf.square(z)
+
+
+_CLASSES = {cls.name: cls for cls in (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh)}
+
+
+def get(identifier):
+    """A `Prox` from an instance, a name or a config dict."""
+    if isinstance(identifier, Prox):
+        return identifier
+    if isinstance(identifier, str) and identifier in _CLASSES:
+        return _CLASSES[identifier]()
+    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
+        return _CLASSES[identifier["class_name"]](**identifier.get("config", {}))
+    raise ValueError(
+        "Unknown proximal activation; expected one of "
+        f"{sorted(_CLASSES)} (monotone, 1-Lipschitz, with a known prox). "
+        f"Received: activation={identifier!r}"
+    )
+
+
+def serialize(prox):
+    prox = get(prox)
+    return {"class_name": prox.name, "config": prox.get_config()}

@@ -1,0 +1,214 @@
+"""monDEQ: monotone parameterization, splitting solvers, Theorem-3 backward (float64)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+from keras_implicit.layers import MonotoneCell, MonotoneDense
+from keras_implicit.operators import DenseOperator
+
+N, D, B = 7, 5, 4
+
+
+def _layer(seed=0, m=0.5, **kwargs):
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("tol", 1e-12)
+    kwargs.setdefault("max_iter", 3000)
+    layer = MonotoneDense(N, m=m, dtype="float64", return_info=True, **kwargs)
+    layer.build((None, D))
+    # larger A, B than the default init make the problem less trivial
+    rng = np.random.default_rng(seed)
+    layer.cell.A.assign(rng.standard_normal((N, N)) * 0.5)
+    layer.cell.B.assign(rng.standard_normal((N, N)) * 0.5)
+    layer.cell.bias.assign(rng.standard_normal(N) * 0.3)
+    return layer
+
+
+def _x(seed=1):
+    return tf.constant(np.random.default_rng(seed).standard_normal((B, D)))
+
+
+@pytest.mark.parametrize("weight_normalization", [False, True])
+@pytest.mark.parametrize("m", [0.1, 1.0, 3.0])
+def test_monotonicity_of_the_parameterization(m, weight_normalization):
+    for seed in range(5):
+        cell = MonotoneCell(N, m=m, weight_normalization=weight_normalization, dtype="float64")
+        cell.build((None, N), (None, D))
+        rng = np.random.default_rng(seed)
+        cell.A.assign(rng.standard_normal((N, N)) * 3)
+        cell.B.assign(rng.standard_normal((N, N)) * 3)
+        if weight_normalization:
+            cell.g.assign(2.5)
+            cell.h.assign(-1.7)
+        w = cell.implicit_weight().numpy()
+        sym = (np.eye(N) - w + (np.eye(N) - w).T) / 2
+        assert np.linalg.eigvalsh(sym).min() >= m - 1e-6
+
+
+def test_operator_transpose_and_resolvent():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((N, N))
+    op = DenseOperator(tf.constant(w))
+    z, y = rng.standard_normal((B, N)), rng.standard_normal((B, N))
+    lhs = np.sum(y * op.multiply(tf.constant(z)).numpy())
+    rhs = np.sum(op.multiply_transpose(tf.constant(y)).numpy() * z)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+    np.testing.assert_allclose(op.multiply(tf.constant(z)).numpy(), z @ w.T, rtol=1e-12)
+    v = op.resolvent(0.7)
+    want = np.linalg.inv(np.eye(N) + 0.7 * (np.eye(N) - w))
+    np.testing.assert_allclose(v.multiply(tf.constant(z)).numpy(), z @ want.T, rtol=1e-10)
+    np.testing.assert_allclose(v.multiply_transpose(tf.constant(z)).numpy(), z @ want, rtol=1e-10)
+
+
+def test_unique_equilibrium_from_every_solver_and_start():
+    x = _x()
+    results = []
+    for solver, alpha in [("forward_backward", 0.02), ("peaceman_rachford", 0.1),
+                          ("peaceman_rachford", 1.0), ("peaceman_rachford", 10.0)]:
+        layer = _layer(solver=solver, alpha=alpha, max_iter=20000, on_failure="raise")
+        if solver == "forward_backward":
+            assert alpha <= layer.forward_backward_bound()
+        for start in range(3):
+            z0 = tf.constant(np.random.default_rng(10 + start).standard_normal((B, N)) * 3)
+            z, info = layer(x, initial_state=z0)
+            assert int(info.status) == ki.CONVERGED
+            w = layer.implicit_weight().numpy()
+            pre = z.numpy() @ w.T + layer.cell.input_injection(x).numpy()
+            assert np.abs(np.maximum(pre, 0) - z.numpy()).max() < 1e-6
+            results.append(z.numpy())
+    for z in results[1:]:
+        np.testing.assert_allclose(z, results[0], atol=1e-8)
+
+
+def _loss_grads(layer, x, r):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, _ = layer(x)
+        loss = tf.reduce_sum(tf.sin(z) * r)
+    return tape.gradient(loss, [x] + layer.trainable_variables), z
+
+
+@pytest.mark.parametrize("solver,backward", [
+    ("peaceman_rachford", "implicit"),
+    ("forward_backward", "implicit"),
+    ("peaceman_rachford", ki.backward.Implicit(solver="anderson", tol=1e-13, max_iter=500)),
+])
+def test_backward_equals_dense_adjoint_and_finite_differences(solver, backward):
+    alpha = 0.02 if solver == "forward_backward" else 1.0
+    layer = _layer(solver=solver, alpha=alpha, backward=backward, max_iter=20000)
+    x = _x()
+    r = tf.constant(np.random.default_rng(2).standard_normal((B, N)))
+    grads, z = _loss_grads(layer, x, r)
+    # dense: c = (I - J W)^{-T} dL/dz per sample, dL/dx = U J c
+    w = layer.implicit_weight().numpy()
+    u = layer.cell.kernel.numpy()
+    dz = np.cos(z.numpy()) * r.numpy()
+    gx = np.zeros((B, D))
+    for i in range(B):
+        j = np.diag((z.numpy()[i] > 0).astype(float))
+        c = np.linalg.solve((np.eye(N) - j @ w).T, dz[i])
+        gx[i] = u @ (j @ c)
+    np.testing.assert_allclose(grads[0].numpy(), gx, rtol=1e-7, atol=1e-10)
+    # finite differences on A (through W) and on x
+    h = 1e-6
+    rng = np.random.default_rng(4)
+    for var, g in zip(layer.trainable_variables, grads[1:]):
+        v = rng.standard_normal(var.shape)
+        base = var.numpy()
+        vals = []
+        for sign in (1, -1):
+            var.assign(base + sign * h * v)
+            zz, _ = layer(x)
+            vals.append(float(tf.reduce_sum(tf.sin(zz) * r)))
+        var.assign(base)
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+
+
+def test_splitting_backward_matches_generic_anderson_backward():
+    x = _x()
+    r = tf.constant(np.random.default_rng(2).standard_normal((B, N)))
+    g1, _ = _loss_grads(_layer(), x, r)
+    g2, _ = _loss_grads(_layer(backward=ki.backward.Implicit(solver="anderson", tol=1e-13, max_iter=500)), x, r)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-8, atol=1e-11)
+
+
+def test_graph_and_xla_agree():
+    layer = _layer(tol=1e-10, max_iter=500)
+    x = _x()
+    z_e, _ = layer(x)
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            z, info = layer(x)
+            loss = tf.reduce_sum(z**2)
+        return z, tape.gradient(loss, layer.trainable_variables)
+
+    z_g, g_g = tf.function(step)(x)
+    z_j, g_j = tf.function(step, jit_compile=True)(x)
+    np.testing.assert_allclose(z_g.numpy(), z_e.numpy(), atol=1e-10)
+    np.testing.assert_allclose(z_j.numpy(), z_e.numpy(), atol=1e-10)
+    for a, b in zip(g_g, g_j):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_other_activations_with_alpha():
+    x = _x()
+    for act in (ki.prox.LeakyReLU(0.2), ki.prox.SoftThreshold(0.05)):
+        zs = []
+        for solver, alpha in (("peaceman_rachford", 0.3), ("peaceman_rachford", 3.0), ("anderson", 1.0)):
+            layer = _layer(activation=act, solver=solver, alpha=alpha)
+            z, info = layer(x)
+            assert int(info.status) == ki.CONVERGED
+            zs.append(z.numpy())
+        np.testing.assert_allclose(zs[0], zs[1], atol=1e-9)
+        np.testing.assert_allclose(zs[0], zs[2], atol=1e-9)
+
+
+def test_keras_round_trip(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((D,))
+    z = MonotoneDense(N, m=0.7, alpha=0.5, activation=ki.prox.LeakyReLU(0.3), weight_normalization=True, name="mon")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(z))
+    x = np.random.randn(5, D).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    layer = loaded.get_layer("mon")
+    assert layer.alpha == 0.5 and layer.cell.m == 0.7 and layer.cell.weight_normalization
+    assert layer.solver == ki.solvers.PeacemanRachford(0.5)
+    assert sorted(v.name for v in layer.trainable_variables) == ["A", "B", "bias", "g", "h", "kernel"]
+
+
+def test_tune_alpha_returns_the_fastest():
+    layer = _layer(tol=1e-6, max_iter=1000)
+    best, table = ki.layers.tune_alpha(layer, _x())
+    assert table[best] == min(table.values())
+    assert layer.solver.alpha == best
+
+
+def test_bad_hyperparameters():
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=r"`m`.*Received: m="):
+            MonotoneDense(4, m=bad)
+        with pytest.raises(ValueError, match=r"`alpha`.*Received: alpha="):
+            MonotoneDense(4, alpha=bad)
+    with pytest.raises(ValueError, match=r"alpha = 1.*Received: alpha=0.5"):
+        MonotoneDense(4, activation="tanh", alpha=0.5)
+    MonotoneDense(4, activation="tanh", alpha=1.0)  # fine
+    with pytest.raises(ValueError, match=r"Received: activation='swish'"):
+        MonotoneDense(4, activation="swish")
+    with pytest.raises(ValueError, match=r"splitting_problem|z = prox"):
+        ki.layers.ForwardFPI(ki.layers.DenseCell(3), solver="peaceman_rachford")(tf.ones([2, 3]))
+
+
+def test_forward_backward_above_its_bound_warns_and_reports():
+    layer = _layer(solver="forward_backward", alpha=5.0, max_iter=200, tol=1e-8)
+    assert layer.forward_backward_bound() < 5.0
+    with pytest.warns(UserWarning, match="exceeds its convergence bound"):
+        z, info = layer(_x())
+    assert int(info.status) != ki.CONVERGED
+    assert not info.converged.numpy().all()
