@@ -9,6 +9,14 @@ import numpy as np
 DATASETS = ("digits", "mnist1d")
 
 
+def _standardize(x_tr, x_te):
+    """Standardize with the training statistics; constant features keep scale 1
+    (as sklearn's StandardScaler), so a test value there cannot explode."""
+    mean, std = x_tr.mean(0), x_tr.std(0)
+    std = np.where(std < 1e-8, 1.0, std)
+    return (x_tr - mean) / std, (x_te - mean) / std
+
+
 def load_digits(test_size=0.2, random_state=0, standardize=True, dtype="float32"):
     """sklearn's 8x8 digits: stratified split, standardized with train statistics.
 
@@ -24,8 +32,7 @@ def load_digits(test_size=0.2, random_state=0, standardize=True, dtype="float32"
         data.data, data.target, test_size=test_size, stratify=data.target, random_state=random_state
     )
     if standardize:
-        mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        x_tr, x_te = _standardize(x_tr, x_te)
     return (x_tr.astype(dtype), y_tr.astype("int64")), (x_te.astype(dtype), y_te.astype("int64"))
 
 
@@ -43,8 +50,7 @@ def load_mnist1d(num_samples=5000, seed=0, standardize=True, dtype="float32"):
     data = make_dataset(args)
     x_tr, y_tr, x_te, y_te = data["x"], data["y"], data["x_test"], data["y_test"]
     if standardize:
-        mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        x_tr, x_te = _standardize(x_tr, x_te)
     return (x_tr.astype(dtype), np.asarray(y_tr).astype("int64")), (
         x_te.astype(dtype),
         np.asarray(y_te).astype("int64"),

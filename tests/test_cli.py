@@ -15,13 +15,14 @@ def test_demo_trains_exports_and_reloads(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     acc = float(re.search(r"test accuracy: ([0-9.]+)", out.stdout).group(1))
     assert acc > 0.9
+    assert "model: mondeq" in out.stdout
     assert "forward iterations" in out.stdout and "backward iterations" in out.stdout
     assert "-> agrees" in out.stdout
     assert (tmp_path / "sm" / "saved_model.pb").exists()
 
 
-def test_demo_on_mnist1d(tmp_path):
-    out = _demo(tmp_path, "--dataset", "mnist1d", "--epochs", "1")
+def test_demo_fpi_model_on_mnist1d(tmp_path):
+    out = _demo(tmp_path, "--dataset", "mnist1d", "--model", "fpi", "--epochs", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mnist1d" in out.stdout and "-> agrees" in out.stdout
 

@@ -131,8 +131,8 @@ print(json.dumps({"accuracy": float((logits.argmax(1) == data["y"]).mean())}))
 
 
 def test_bundled_reference_savedmodel_serves_digits(tmp_path):
-    """saved_models/deq_digits is the export of `keras-implicit demo`."""
+    """saved_models/mondeq_digits is the export of `keras-implicit demo` (MonotoneDense)."""
     (_, _), (x_te, y_te) = load_digits()
     np.savez(tmp_path / "d.npz", x=x_te, y=y_te)
-    result = _run_tf_only(REFERENCE_CHECK, ROOT / "saved_models" / "deq_digits", tmp_path / "d.npz")
-    assert result["accuracy"] >= 0.95, result
+    result = _run_tf_only(REFERENCE_CHECK, ROOT / "saved_models" / "mondeq_digits", tmp_path / "d.npz")
+    assert result["accuracy"] >= 0.97, result
