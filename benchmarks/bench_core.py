@@ -22,10 +22,13 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torch's OpenMP threads otherwise spin after each step and slow whatever runs next.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -181,8 +184,11 @@ def main():
     times = {k: [] for k in all_runs}
     for name, fn in all_runs.items():  # warm-up round
         fn()
-    for _ in range(args.repeats):  # round-robin: every configuration sees the same noise
-        for name, fn in all_runs.items():
+    order = list(all_runs)
+    for _ in range(args.repeats):  # round-robin in a fresh random order: every configuration sees the same noise
+        random.shuffle(order)
+        for name in order:
+            fn = all_runs[name]
             t0 = time.perf_counter()
             out = fn()
             if not name.startswith("torchdeq"):

@@ -62,17 +62,25 @@ class SplittingProblem:
     * `prox(v) = prox_alpha(v)`.
     """
 
-    def __init__(self, operator, bias, prox, transpose=False):
+    def __init__(self, operator, bias, prox, transpose=False, reuse_from=None):
         self.operator = operator
         self.bias = bias
         self.prox_fn = prox
         self.transpose = transpose
         self.alpha = None
         self._resolvent = None
+        self._reuse = reuse_from
 
     def prepare(self, alpha):
+        """Computes the resolvent for `alpha`, or reuses that of `reuse_from`
+        (the forward problem of the same call) when it was built for the same
+        alpha in the same graph, as the backward pass can."""
         self.alpha = alpha
-        self._resolvent = self.operator.resolvent(alpha)
+        other = self._reuse
+        if other is not None and other.alpha == alpha and _usable_here(other._resolvent.matrix):
+            self._resolvent = other._resolvent
+        else:
+            self._resolvent = self.operator.resolvent(alpha)
 
     def affine(self, z):
         wz = self.operator.multiply_transpose(z) if self.transpose else self.operator.multiply(z)
@@ -87,6 +95,13 @@ class SplittingProblem:
 
     def prox(self, v):
         return self.prox_fn(v, self.alpha)
+
+
+def _usable_here(t):
+    """Whether tensor `t` can be used in the current context (same graph, or eager)."""
+    if tf.executing_eagerly():
+        return not hasattr(t, "op") or isinstance(t, type(tf.constant(0.0)))
+    return getattr(t, "graph", None) is tf.compat.v1.get_default_graph()
 
 
 def adjoint_prox(j, v):

@@ -40,6 +40,10 @@ class SolveSpec:
                     f"for a general cell. Received: solver={self.solver!r}, f={f!r}"
                 )
             structure = builder(*args)
+            try:  # the backward pass of the same call may reuse its resolvent
+                f.last_problem = structure
+            except AttributeError:
+                pass
         return solve(
             lambda z: f(z, *args), z0, self.solver, self.tol, self.max_iter, self.stop_mode,
             structure=structure,

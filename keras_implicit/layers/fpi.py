@@ -49,9 +49,13 @@ def cell_function(cell):
     def f(z, x):
         return cell(z, x)
 
-    for name in ("splitting_problem", "adjoint_splitting_problem"):
-        if hasattr(cell, name):
-            setattr(f, name, getattr(cell, name))
+    if hasattr(cell, "splitting_problem"):
+        f.splitting_problem = cell.splitting_problem
+        f.last_problem = None
+    if hasattr(cell, "adjoint_splitting_problem"):
+        f.adjoint_splitting_problem = lambda z, dz, x: cell.adjoint_splitting_problem(
+            z, dz, x, forward_problem=getattr(f, "last_problem", None)
+        )
     return f
 
 
