@@ -212,3 +212,147 @@ def test_forward_backward_above_its_bound_warns_and_reports():
         z, info = layer(_x())
     assert int(info.status) != ki.CONVERGED
     assert not info.converged.numpy().all()
+
+
+# --- convolutional monDEQ ----------------------------------------------------
+
+from keras_implicit.layers import MonotoneConv2D  # noqa: E402
+from keras_implicit.operators import FourierOperator, kernel_spectrum  # noqa: E402
+
+XC = (2, 4, 4, 2)  # images; with padding 1 the state is 6 x 6 x C
+
+
+def _conv_layer(seed=0, m=0.5, filters=3, **kwargs):
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("tol", 1e-12)
+    kwargs.setdefault("max_iter", 5000)
+    layer = MonotoneConv2D(filters, m=m, dtype="float64", return_info=True, **kwargs)
+    layer.build(XC)
+    rng = np.random.default_rng(seed)
+    layer.cell.A.assign(rng.standard_normal(layer.cell.A.shape))
+    layer.cell.B.assign(rng.standard_normal(layer.cell.B.shape))
+    layer.cell.g.assign(2.0)
+    layer.cell.h.assign(1.5)
+    return layer
+
+
+def _xc(seed=1):
+    return tf.constant(np.random.default_rng(seed).standard_normal(XC))
+
+
+def _circular_conv(z, k):
+    ph, pw = (k.shape[0] - 1) // 2, (k.shape[1] - 1) // 2
+    zp = np.concatenate([z[:, z.shape[1] - ph:], z, z[:, :ph]], axis=1)
+    zp = np.concatenate([zp[:, :, zp.shape[2] - pw:], zp, zp[:, :, :pw]], axis=2)
+    return tf.nn.conv2d(zp, k, 1, "VALID").numpy()
+
+
+@pytest.mark.parametrize("spatial", [(6, 6), (5, 7), (1, 8)])
+def test_kernel_spectrum_is_the_circular_convolution(spatial):
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((3, 3, 2, 4))
+    op = FourierOperator(kernel_spectrum(tf.constant(k), spatial), spatial, tf.float64)
+    # FourierOperator needs square per-frequency matrices: test c_in = c_out
+    k = rng.standard_normal((3, 3, 3, 3))
+    op = FourierOperator(kernel_spectrum(tf.constant(k), spatial), spatial, tf.float64)
+    z = rng.standard_normal((2,) + spatial + (3,))
+    got = op.multiply(tf.constant(z.reshape(2, -1))).numpy().reshape(z.shape)
+    zz = np.concatenate([z] * 3, axis=1) if spatial[0] == 1 else z  # height 1: vertical taps wrap onto the row
+    want = _circular_conv(zz, k)
+    want = want[:, spatial[0]:2 * spatial[0]] if spatial[0] == 1 else want
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    y = rng.standard_normal((2, op.size))
+    np.testing.assert_allclose(np.sum(y * op.multiply(tf.constant(z.reshape(2, -1))).numpy()),
+                               np.sum(op.multiply_transpose(tf.constant(y)).numpy() * z.reshape(2, -1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv_operator_is_monotone_and_its_fft_resolvent_is_exact(seed):
+    layer = _conv_layer(seed=seed, m=0.3)
+    w = layer.implicit_weight().numpy()
+    n = w.shape[0]
+    assert n == 6 * 6 * 3
+    sym = (2 * np.eye(n) - w - w.T) / 2
+    assert np.linalg.eigvalsh(sym).min() >= 0.3 - 1e-6
+    for alpha in (0.1, 1.0, 10.0):
+        v = layer.cell.operator().resolvent(alpha).to_dense().numpy()
+        want = np.linalg.inv(np.eye(n) + alpha * (np.eye(n) - w))
+        np.testing.assert_allclose(v, want, atol=1e-10)
+
+
+def test_conv_unique_equilibrium_from_every_solver():
+    x = _xc()
+    zs = []
+    for solver, alpha in [("forward_backward", None), ("peaceman_rachford", 0.1),
+                          ("peaceman_rachford", 1.0), ("peaceman_rachford", 10.0)]:
+        layer = _conv_layer(solver=solver, alpha=alpha or 1.0)
+        if solver == "forward_backward":
+            layer = _conv_layer(solver=solver, alpha=0.9 * layer.forward_backward_bound(), max_iter=20000)
+        z, info = layer(x)
+        assert int(info.status) == ki.CONVERGED, (solver, alpha)
+        fz = layer.cell(z, x)
+        assert float(tf.reduce_max(tf.abs(fz - z))) < 1e-6
+        # the border stays at zero
+        assert float(tf.reduce_max(tf.abs(z[:, 0]))) == 0.0 and float(tf.reduce_max(tf.abs(z[:, :, -1]))) == 0.0
+        zs.append(z.numpy())
+    for z in zs[1:]:
+        np.testing.assert_allclose(z, zs[0], atol=1e-7)
+
+
+def test_conv_backward_equals_dense_adjoint_and_finite_differences():
+    layer = _conv_layer()
+    x = _xc()
+    r = tf.constant(np.random.default_rng(2).standard_normal((2, 6, 6, 3)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, _ = layer(x)
+        loss = tf.reduce_sum(tf.sin(z) * r)
+    grads = tape.gradient(loss, [x] + layer.trainable_variables)
+    w = layer.implicit_weight().numpy()
+    n = w.shape[0]
+    dz = (np.cos(z.numpy()) * r.numpy()).reshape(2, -1)
+    # dL/d(bias) = sum over pixels of J c, with c = (I - J W)^{-T} dz
+    gb = np.zeros(3)
+    for i in range(2):
+        jac = np.diag(layer.cell.derivative(z[i:i + 1]).numpy().reshape(-1))
+        c = np.linalg.solve((np.eye(n) - jac @ w).T, dz[i])
+        gb += (jac @ c).reshape(6, 6, 3).sum((0, 1))
+    bias_grad = grads[1 + [v.name for v in layer.trainable_variables].index("bias")]
+    np.testing.assert_allclose(bias_grad.numpy(), gb, rtol=1e-8)
+    h = 1e-6
+    rng = np.random.default_rng(5)
+    for var, g in zip(layer.trainable_variables, grads[1:]):
+        v = rng.standard_normal(var.shape)
+        base = var.numpy()
+        vals = []
+        for sign in (1, -1):
+            var.assign(base + sign * h * v)
+            zz, _ = layer(x)
+            vals.append(float(tf.reduce_sum(tf.sin(zz) * r)))
+        var.assign(base)
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+
+
+def test_conv_keras_round_trip(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 5, 1))
+    z = MonotoneConv2D(4, kernel_size=(3, 1), padding=2, m=0.8, name="conv")(inputs)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(z))
+    model = keras.Model(inputs, out)
+    assert model.get_layer("conv").output.shape == (None, 9, 9, 4)
+    x = np.random.randn(3, 5, 5, 1).astype("float32")
+    model.save(tmp_path / "c.keras")
+    loaded = keras.models.load_model(tmp_path / "c.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    cell = loaded.get_layer("conv").cell
+    assert (cell.kernel_size, cell.padding, cell.m, cell.filters) == ((3, 1), 2, 0.8, 4)
+
+
+def test_conv_bad_input():
+    with pytest.raises(ValueError, match=r"Received: kernel_size=2"):
+        MonotoneConv2D(4, kernel_size=2)
+    with pytest.raises(ValueError, match=r"Received: padding=-1"):
+        MonotoneConv2D(4, padding=-1)
+    with pytest.raises(ValueError, match=r"Received: x.shape=\(2, 8\)"):
+        MonotoneConv2D(4)(tf.ones([2, 8]))

@@ -2,6 +2,21 @@
 
 from keras_implicit.layers.cells import DenseCell
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
-from keras_implicit.layers.monotone import MonotoneCell, MonotoneDense, tune_alpha
+from keras_implicit.layers.monotone import (
+    MonotoneCell,
+    MonotoneConv2D,
+    MonotoneConvCell,
+    MonotoneDense,
+    tune_alpha,
+)
 
-__all__ = ["BackwardFPI", "DenseCell", "ForwardFPI", "MonotoneCell", "MonotoneDense", "tune_alpha"]
+__all__ = [
+    "BackwardFPI",
+    "DenseCell",
+    "ForwardFPI",
+    "MonotoneCell",
+    "MonotoneConv2D",
+    "MonotoneConvCell",
+    "MonotoneDense",
+    "tune_alpha",
+]

@@ -11,9 +11,18 @@ from keras_implicit.info import SolverInfo
 from keras_implicit.solvers.base import check_tol_and_max_iter
 
 
-def _state_shape(cell):
-    """The state shape (without batch) a cell declares through `state_size`."""
+def _state_shape(cell, x_shape=None):
+    """The state shape (without batch) a cell declares through `state_size`.
+
+    A cell whose state shape depends on its input (a convolutional cell) sets
+    `state_size = None` and defines `compute_state_shape(x_shape)`; its shape
+    is then known only once `x_shape` is (None is returned before).
+    """
     size = getattr(cell, "state_size", None)
+    if size is None and hasattr(cell, "compute_state_shape"):
+        if x_shape is None:
+            return None
+        size = tuple(cell.compute_state_shape(tuple(x_shape)))
     if size is None:
         raise ValueError(
             "The cell needs a `state_size` attribute (an int, or a shape without "
@@ -181,6 +190,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             self.bwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_bwd_iters")
 
     def build(self, input_shape):
+        if self.state_shape is None:
+            self.state_shape = _state_shape(self.cell, input_shape)
         if not self.cell.built:
             _build_cell(self.cell, input_shape, self.state_shape)
         self.input_shape_for_export = tuple(input_shape)
@@ -232,11 +243,12 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return (z, info) if self.return_info else z
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0],) + self.state_shape
+        return (input_shape[0],) + (self.state_shape or _state_shape(self.cell, input_shape))
 
     def compute_output_spec(self, inputs, initial_state=None):
         batch = inputs.shape[0]
-        z = keras.KerasTensor((batch,) + self.state_shape, dtype=self.compute_dtype)
+        state_shape = self.state_shape or _state_shape(self.cell, inputs.shape)
+        z = keras.KerasTensor((batch,) + state_shape, dtype=self.compute_dtype)
         if not self.return_info:
             return z
         info = _info_spec(batch, self.max_iter, self.compute_dtype)
@@ -321,6 +333,8 @@ class BackwardFPI(_SolveSettings, keras.layers.Layer):
                 f"Received: input shapes {input_shape!r}"
             )
         x_shape, z_shape, dz_shape = (tuple(s) for s in input_shape)
+        if self.state_shape is None:
+            self.state_shape = _state_shape(self.cell, x_shape)
         for name, shape in (("z_star", z_shape), ("dz", dz_shape)):
             if shape[1:] != self.state_shape:
                 raise ValueError(

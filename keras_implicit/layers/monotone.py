@@ -3,12 +3,19 @@
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.layers.fpi import ForwardFPI
-from keras_implicit.operators import DenseOperator, SplittingProblem, adjoint_prox
+from keras_implicit.operators import (
+    DenseOperator,
+    FourierOperator,
+    SplittingProblem,
+    adjoint_prox,
+    kernel_spectrum,
+)
 from keras_implicit.solvers.splitting import ForwardBackward
 
 # torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the paper's code.
@@ -92,12 +99,29 @@ class MonotoneCell(keras.layers.Layer):
     def operator(self):
         return DenseOperator(self.implicit_weight())
 
+    # States are [batch, units]; the convolutional cell overrides these two.
+    def _flat(self, t):
+        return t
+
+    def _unflat(self, t, like):
+        return t
+
+    def prox(self, v, alpha):
+        return self.activation.prox(v, alpha)
+
+    def derivative(self, z):
+        return self.activation.derivative(z)
+
     def call(self, z, x):
-        return self.activation(self.operator().multiply(z) + self.input_injection(x))
+        wz = self._unflat(self.operator().multiply(self._flat(z)), z)
+        return self.prox(wz + self.input_injection(x), 1.0)
 
     def splitting_problem(self, x):
-        """`z = prox(W z + U x + b)` for the splitting solvers."""
-        return SplittingProblem(self.operator(), self.input_injection(x), self.activation.prox)
+        """`z = prox(W z + U x + b)` for the splitting solvers (on flat states)."""
+        return SplittingProblem(self.operator(), self._flat(self.input_injection(x)), self._flat_prox)
+
+    def _flat_prox(self, v, alpha):
+        return self._flat(self.prox(self._unflat(v, None), alpha))
 
     def adjoint_splitting_problem(self, z_star, dz, x, forward_problem=None):
         """The backward pass as a splitting problem (Theorem 3).
@@ -109,10 +133,11 @@ class MonotoneCell(keras.layers.Layer):
         it is valid here.
         """
         op = self.operator()
-        j = self.activation.derivative(z_star)
-        problem = SplittingProblem(op, None, adjoint_prox(j, j * dz), transpose=True,
+        j = self._flat(self.derivative(z_star))
+        g = self._flat(dz)
+        problem = SplittingProblem(op, None, adjoint_prox(j, j * g), transpose=True,
                                    reuse_from=forward_problem)
-        return problem, tf.zeros_like(dz), lambda y: dz + op.multiply_transpose(y)
+        return problem, tf.zeros_like(g), lambda y: dz + self._unflat(op.multiply_transpose(y), dz)
 
     def compute_output_shape(self, z_shape, x_shape=None):
         return tuple(z_shape)
@@ -127,6 +152,107 @@ class MonotoneCell(keras.layers.Layer):
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class MonotoneConvCell(MonotoneCell):
+    """The convolutional monDEQ cell (see `MonotoneConv2D`) on `[H, W, C]` states.
+
+    Its state shape follows its input: `compute_state_shape(x_shape)` gives
+    `(H + 2 padding, W + 2 padding, filters)`.
+    """
+
+    def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", padding=1,
+                 weight_normalization=True, kernel_initializer=_LINEAR_INIT,
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(filters, m=m, activation=activation, weight_normalization=weight_normalization,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
+        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if len(ks) != 2 or not all(isinstance(k, int) and k >= 1 and k % 2 == 1 for k in ks):
+            raise ValueError(
+                f"`kernel_size` must be an odd int or a pair of odd ints. Received: kernel_size={kernel_size!r}"
+            )
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"`padding` must be an integer >= 0. Received: padding={padding!r}")
+        self.filters = filters
+        self.kernel_size = ks
+        self.padding = padding
+        self.state_size = None  # known from the input's shape
+
+    def compute_state_shape(self, x_shape):
+        if len(x_shape) != 4 or None in tuple(x_shape[1:]):
+            raise ValueError(
+                "MonotoneConv2D expects images (batch, height, width, channels) with known "
+                f"height, width and channels. Received: x.shape={tuple(x_shape)}"
+            )
+        p = self.padding
+        return (x_shape[1] + 2 * p, x_shape[2] + 2 * p, self.filters)
+
+    def build(self, z_shape, x_shape=None):
+        h, w, c = self.compute_state_shape(x_shape)
+        self.spatial = (h, w)
+        kh, kw = self.kernel_size
+        init = self.kernel_initializer
+        self.A = self.add_weight(name="A", shape=(kh, kw, c, c), initializer=init)
+        self.B = self.add_weight(name="B", shape=(kh, kw, c, c), initializer=init)
+        self.kernel = self.add_weight(name="kernel", shape=(kh, kw, x_shape[-1], c), initializer=init)
+        self.bias = self.add_weight(name="bias", shape=(c,), initializer=self.bias_initializer)
+        if self.weight_normalization:
+            self.g = self.add_weight(name="g", shape=(), initializer="ones")
+            self.h = self.add_weight(name="h", shape=(), initializer="ones")
+        p = self.padding
+        mask = np.zeros((h, w, 1), "float32")
+        mask[p:h - p, p:w - p] = 1.0
+        self.border_mask = tf.constant(mask, dtype=self.compute_dtype)
+
+    def operator(self):
+        a = tf.convert_to_tensor(self.A)
+        b = tf.convert_to_tensor(self.B)
+        a_hat = kernel_spectrum(a, self.spatial)
+        b_hat = kernel_spectrum(b, self.spatial)
+        ata = tf.matmul(a_hat, a_hat, adjoint_a=True)
+        skew = b_hat - tf.linalg.adjoint(b_hat)
+        if self.weight_normalization:
+            ctype = ata.dtype
+            ata = tf.cast(self.g / tf.reduce_sum(tf.square(a)), ctype) * ata
+            skew = tf.cast(self.h / tf.norm(b), ctype) * skew
+        eye = tf.eye(self.filters, dtype=ata.dtype)
+        w_hat = tf.cast(1.0 - self.m, ata.dtype) * eye - ata + skew
+        return FourierOperator(w_hat, self.spatial, a.dtype)
+
+    def implicit_weight(self):
+        """`W` as a dense `[n, n]` matrix (n = H W C; for inspection and tests)."""
+        return self.operator().to_dense()
+
+    def input_injection(self, x):
+        p = self.padding
+        if p:
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        return tf.nn.conv2d(x, self.kernel, 1, "SAME") + self.bias
+
+    def _flat(self, t):
+        return tf.reshape(t, [tf.shape(t)[0], -1])
+
+    def _unflat(self, t, like):
+        h, w = self.spatial
+        return tf.reshape(t, [-1, h, w, self.filters])
+
+    def prox(self, v, alpha):
+        # relu's prox with the border held at zero: still a prox (of f plus the
+        # indicator of "border = 0"), whose derivative is zero on the border.
+        return self.activation.prox(v, alpha) * self.border_mask
+
+    def derivative(self, z):
+        return self.activation.derivative(z) * self.border_mask
+
+    def compute_output_shape(self, z_shape, x_shape=None):
+        return tuple(z_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("units")
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "padding": self.padding})
+        return config
 
 
 def _splitting_solver(solver, alpha, activation):
@@ -145,8 +271,52 @@ def _splitting_solver(solver, alpha, activation):
     return solver
 
 
+class _MonotoneLayer(ForwardFPI):
+    """What the monotone layers share: splitting solvers, the FB bound, config."""
+
+    def __init__(self, cell, solver, alpha, **kwargs):
+        solver = _splitting_solver(solver, alpha, cell.activation)
+        super().__init__(cell, solver=solver, **kwargs)
+        self.alpha = getattr(self.solver, "alpha", float(alpha))
+
+    def implicit_weight(self):
+        """The operator `W` of `z = sigma(W z + U x + b)` (a matrix for dense layers)."""
+        return self.cell.implicit_weight()
+
+    def forward_backward_bound(self):
+        """The largest `alpha` for which forward-backward splitting provably converges, `2 m / ||I - W||_2^2`."""
+        return float(2.0 * self.cell.m / self.cell.operator().identity_minus_norm() ** 2)
+
+    def call(self, inputs, initial_state=None):
+        if isinstance(self.solver, ForwardBackward) and tf.executing_eagerly():
+            bound = self.forward_backward_bound()
+            if self.solver.alpha > bound:
+                warnings.warn(
+                    f"Forward-backward splitting with alpha={self.solver.alpha} exceeds its "
+                    f"convergence bound 2m/||I - W||^2 = {bound:.3g}; it may diverge. Use "
+                    "alpha <= the bound or solver='peaceman_rachford'.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return super().call(inputs, initial_state)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("cell")
+        cell = self.cell
+        config.update({
+            "m": cell.m,
+            "activation": prox_lib.serialize(cell.activation),
+            "alpha": self.alpha,
+            "weight_normalization": cell.weight_normalization,
+            "kernel_initializer": keras.initializers.serialize(cell.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(cell.bias_initializer),
+        })
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneDense(ForwardFPI):
+class MonotoneDense(_MonotoneLayer):
     """A dense monotone operator equilibrium layer: `z* = sigma(W z* + U x + b)`.
 
     `W = (1 - m) I - A^T A + B - B^T` makes `I - W >= m I`, so the
@@ -167,8 +337,8 @@ class MonotoneDense(ForwardFPI):
             string gets `alpha`.
         alpha: float > 0, splitting step, default 1.0.
         backward: default "implicit" (adjoint by the same solver).
-        tol: default 1e-4, on the relative residual
-            `||z+ - z|| / (||z+|| + 1e-6)` (`stop_mode="rel"`, as the paper).
+        tol: default 1e-4, on the relative residual (`stop_mode="rel"`, as
+            the paper; see `PeacemanRachford` for the residual used).
         max_iter: default 100.
         stop_mode: default "rel".
         weight_normalization: default False.
@@ -197,50 +367,62 @@ class MonotoneDense(ForwardFPI):
         cell = MonotoneCell(units, m=m, activation=activation, weight_normalization=weight_normalization,
                             kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
                             name="monotone_cell", dtype=kwargs.get("dtype"))
-        solver = _splitting_solver(solver, alpha, cell.activation)
-        super().__init__(cell, solver=solver, backward=backward, tol=tol, max_iter=max_iter,
+        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
                          stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
                          track_metrics=track_metrics, **kwargs)
         self.units = units
-        self.alpha = getattr(self.solver, "alpha", float(alpha))
-
-    def implicit_weight(self):
-        """The matrix `W` of the equilibrium `z = sigma(W z + U x + b)`."""
-        return self.cell.implicit_weight()
-
-    def forward_backward_bound(self):
-        """The largest `alpha` for which forward-backward splitting provably converges, `2 m / ||I - W||_2^2`."""
-        w = self.implicit_weight()
-        lip = tf.linalg.svd(tf.eye(self.units, dtype=w.dtype) - w, compute_uv=False)[0]
-        return float(2.0 * self.cell.m / lip**2)
-
-    def call(self, inputs, initial_state=None):
-        if isinstance(self.solver, ForwardBackward) and tf.executing_eagerly():
-            bound = self.forward_backward_bound()
-            if self.solver.alpha > bound:
-                warnings.warn(
-                    f"Forward-backward splitting with alpha={self.solver.alpha} exceeds its "
-                    f"convergence bound 2m/||I - W||^2 = {bound:.3g}; it may diverge. Use "
-                    "alpha <= the bound or solver='peaceman_rachford'.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        return super().call(inputs, initial_state)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("cell")
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class MonotoneConv2D(_MonotoneLayer):
+    """A convolutional monDEQ layer: `z* = sigma(W z* + U * x + b)` on `[H, W, C]` states.
+
+    `W z = (1 - m) z - g A^T A z / ||A||^2 + h (B z - B^T z) / ||B||` with
+    `A`, `B` 2-D convolutions applied with wrap-around (circular), so that
+    `W` is diagonalized by the FFT: the Peaceman-Rachford resolvent
+    `(I + alpha (I - W))^{-1}` is one `filters x filters` inverse per
+    frequency, computed once per call (Winston & Kolter 2020, Sec. 4).
+    `U` is an ordinary "SAME" convolution of the input. With `padding=p > 0`
+    the state is the input's grid enlarged by `p` zero pixels on each side
+    and the activation zeroes that border (the prox of relu plus the
+    constraint "border = 0", still a proximal operator), so the wrap-around
+    does not join opposite edges of the image, as in the paper's code.
+
+    Args:
+        filters: int, channels of the state.
+        kernel_size: int or (kh, kw), default 3 (for `A`, `B` and `U`).
+        m, activation, solver, alpha, backward, tol, max_iter, stop_mode:
+            as `MonotoneDense`.
+        padding: int >= 0, zero border added around the state, default 1.
+        weight_normalization: default True (as the paper's convolutional model).
+
+    Call arguments:
+        inputs: images `[batch, H, W, C_in]`.
+
+    Returns:
+        `[batch, H + 2 padding, W + 2 padding, filters]`.
+    """
+
+    def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", solver="peaceman_rachford",
+                 alpha=1.0, backward="implicit", tol=1e-4, max_iter=100, stop_mode="rel", padding=1,
+                 weight_normalization=True, return_info=False, on_failure="warn", track_metrics=True,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        kwargs.pop("cell", None)
+        cell = MonotoneConvCell(filters, kernel_size=kernel_size, m=m, activation=activation,
+                                padding=padding, weight_normalization=weight_normalization,
+                                kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                                name="monotone_conv_cell", dtype=kwargs.get("dtype"))
+        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
+                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
+                         track_metrics=track_metrics, **kwargs)
+
+    def get_config(self):
         cell = self.cell
-        config.update({
-            "units": self.units,
-            "m": cell.m,
-            "activation": prox_lib.serialize(cell.activation),
-            "alpha": self.alpha,
-            "weight_normalization": cell.weight_normalization,
-            "kernel_initializer": keras.initializers.serialize(cell.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(cell.bias_initializer),
-        })
-        return config
+        return {**super().get_config(), "filters": cell.filters, "kernel_size": cell.kernel_size,
+                "padding": cell.padding}
 
 
 def tune_alpha(layer, x, alphas=None, verbose=False):
@@ -286,4 +468,4 @@ def tune_alpha(layer, x, alphas=None, verbose=False):
     return best_alpha, dict(sorted(table.items(), key=lambda kv: -kv[0]))
 
 
-__all__ = ["MonotoneCell", "MonotoneDense", "tune_alpha"]
+__all__ = ["MonotoneCell", "MonotoneConvCell", "MonotoneConv2D", "MonotoneDense", "tune_alpha"]
