@@ -56,7 +56,7 @@ class DenseOperator:
         return DenseOperator(tf.linalg.inv(eye + alpha * (eye - self.matrix)))
 
 
-def kernel_spectrum(kernel, spatial):
+def kernel_spectrum(kernel, spatial, full=False):
     """Per-frequency matrices of a circular 2-D cross-correlation (TF's conv2d).
 
     For `kernel` of shape `[kh, kw, c_in, c_out]` (center at
@@ -64,7 +64,8 @@ def kernel_spectrum(kernel, spatial):
     wrap-around on `[H, W]` images, `y[p] = sum_d k[d] z[p + d]`, so by the
     shift theorem `y_hat(w) = K(w) z_hat(w)` with
     `K(w) = sum_d k[d] exp(+i w.d) = conj(FFT(k))(w)`. Returns `K` for the
-    `[H, W // 2 + 1]` frequencies of `rfft2d`, shape `[H, W // 2 + 1, c_out, c_in]`.
+    `[H, W // 2 + 1]` frequencies of `rfft2d`, shape `[H, W // 2 + 1, c_out, c_in]`
+    (or all `[H, W]` frequencies of `fft2d` with `full=True`).
     """
     kh, kw, c_in, c_out = (int(d) for d in kernel.shape)
     h, w = spatial
@@ -74,11 +75,21 @@ def kernel_spectrum(kernel, spatial):
     image = tf.scatter_nd(idx, taps, [h, w, c_in, c_out])  # taps on one pixel add up
     image = tf.transpose(image, [3, 2, 0, 1])  # [c_out, c_in, H, W]
     spectrum = tf.math.conj(tf.signal.fft2d(tf.cast(image, _complex(kernel.dtype))))
-    return tf.transpose(spectrum[:, :, :, : w // 2 + 1], [2, 3, 0, 1])
+    if not full:
+        spectrum = spectrum[:, :, :, : w // 2 + 1]
+    return tf.transpose(spectrum, [2, 3, 0, 1])
 
 
 def _complex(dtype):
     return tf.complex128 if dtype == tf.float64 else tf.complex64
+
+
+def _scalar(value, dtype):
+    """`value` as a tensor of `dtype`; a Python number goes straight to that dtype
+    (tf.cast of a Python float would round it to float32 first)."""
+    if isinstance(value, (int, float, complex)):
+        return tf.constant(value, dtype=dtype)
+    return tf.cast(value, dtype)
 
 
 class FourierOperator:
@@ -124,7 +135,7 @@ class FourierOperator:
 
     def resolvent(self, alpha):
         eye = tf.eye(self.channels, dtype=self.matrices.dtype)
-        a = tf.cast(alpha, self.matrices.dtype)
+        a = _scalar(alpha, self.matrices.dtype)
         return FourierOperator(tf.linalg.inv(eye + a * (eye - self.matrices)), self.spatial, self.dtype)
 
     def identity_minus_norm(self):
@@ -134,6 +145,221 @@ class FourierOperator:
 
     def to_dense(self):
         """The `[n, n]` matrix (for tests and small problems): columns are images of unit vectors."""
+        basis = tf.eye(self.size, dtype=self.dtype)
+        return tf.transpose(self.multiply(basis))
+
+
+class MultiTierOperator:
+    """Winston & Kolter's multi-tier convolutional `W` (Sec. 4), with an exact FFT resolvent.
+
+    Tiers `i = 1..L` hold images `[H_i, W_i, c_i]`; tier `i + 1` has the grid
+    of tier `i` subsampled by `stride = (sh, sw)`. With circular convolutions
+    `A_i`, `B_i` on tier `i` and `D_i = Down o K_i` (a convolution on tier
+    `i` followed by subsampling, the strided convolution `A_{i+1,i}`):
+
+        W_ii      = (1 - m) I - A_i^T A_i - D_i^T D_i + B_i - B_i^T
+        W_{i+1,i} = -2 A_{i+1}^T D_i          (all other blocks zero)
+
+    This is `(1 - m) I - A^T A + B - B^T` for the block lower-bidiagonal `A`
+    with blocks `A_i`, `D_i`, plus the skew-symmetric part that moves the
+    upper off-diagonal block of `A^T A` below the diagonal, so `I - W >= m I`.
+
+    In Fourier space the shift-invariant parts are per-frequency matrices
+    and `D_i` couples the `S = sh sw` frequencies of tier `i` that alias to
+    one frequency of tier `i + 1`. The block-triangular resolvent
+    `(I + alpha (I - W))^{-1}` is therefore exact and cheap: invert each
+    diagonal block per coarse frequency (`S c_i x S c_i` matrices, the last
+    tier `c_L x c_L`), then substitute forward (backward for the transpose).
+
+    Args:
+        shift_invariant: list of `[H_i, W_i, c_i, c_i]` complex spectra of
+            `(1 - m) I - A_i^T A_i + B_i - B_i^T` (full `fft2d` grids).
+        down: list of `L - 1` spectra `[H_i, W_i, c_{i+1}, c_i]` of the
+            convolutions `K_i` before subsampling.
+        a_next: list of `L - 1` spectra `[H_{i+1}, W_{i+1}, c_{i+1}, c_{i+1}]` of `A_{i+1}`.
+        stride: `(sh, sw)`, each 1 or more.
+        dtype: real dtype of the states.
+    """
+
+    def __init__(self, shift_invariant, down, a_next, stride, dtype):
+        self.m_hat = list(shift_invariant)
+        self.k_hat = list(down)
+        self.a_hat = list(a_next)
+        self.stride = tuple(stride)
+        self.dtype = tf.as_dtype(dtype)
+        self.shapes = [(int(t.shape[0]), int(t.shape[1]), int(t.shape[2])) for t in self.m_hat]
+        self.sizes = [h * w * c for h, w, c in self.shapes]
+
+    @property
+    def size(self):
+        return sum(self.sizes)
+
+    @property
+    def tensor(self):
+        return self.m_hat[0]
+
+    # -- Fourier-space helpers; spectra are [B, H, W, c] complex ---------------
+
+    def _split_fft(self, z):
+        parts = tf.split(z, self.sizes, axis=1) if len(self.sizes) > 1 else [z]
+        out = []
+        for part, (h, w, c) in zip(parts, self.shapes):
+            img = tf.transpose(tf.reshape(part, [-1, h, w, c]), [0, 3, 1, 2])
+            out.append(tf.transpose(tf.signal.fft2d(tf.cast(img, _complex(self.dtype))), [0, 2, 3, 1]))
+        return out
+
+    def _join_ifft(self, spectra):
+        flat = []
+        for spec, (h, w, c) in zip(spectra, self.shapes):
+            img = tf.math.real(tf.signal.ifft2d(tf.transpose(spec, [0, 3, 1, 2])))
+            flat.append(tf.reshape(tf.transpose(img, [0, 2, 3, 1]), [-1, h * w * c]))
+        return tf.concat(flat, axis=1) if len(flat) > 1 else flat[0]
+
+    def _alias(self, spec):
+        """[B, H, W, c] -> [B, H', W', S c]: the S fine frequencies over each coarse one."""
+        sh, sw = self.stride
+        _, h, w, c = spec.shape
+        x = tf.reshape(spec, [-1, sh, h // sh, sw, w // sw, c])
+        x = tf.transpose(x, [0, 2, 4, 1, 3, 5])
+        return tf.reshape(x, [-1, h // sh, w // sw, sh * sw * c])
+
+    def _unalias(self, x, c):
+        sh, sw = self.stride
+        _, hc, wc, _ = x.shape
+        x = tf.reshape(x, [-1, hc, wc, sh, sw, c])
+        x = tf.transpose(x, [0, 3, 1, 4, 2, 5])
+        return tf.reshape(x, [-1, sh * hc, sw * wc, c])
+
+    def _alias_matrix(self, k_hat):
+        """Per coarse frequency, [H', W', c_out, S c_in] = [K(w_a)] over the aliases a."""
+        sh, sw = self.stride
+        h, w, co, ci = k_hat.shape
+        x = tf.reshape(k_hat, [sh, h // sh, sw, w // sw, co, ci])
+        x = tf.transpose(x, [1, 3, 4, 0, 2, 5])
+        return tf.reshape(x, [h // sh, w // sw, co, sh * sw * ci])
+
+    def _down(self, i, spec):
+        """D_i: tier i spectrum -> tier i + 1 spectrum."""
+        s = self.stride[0] * self.stride[1]
+        k = self._alias_matrix(self.k_hat[i]) / s
+        return tf.einsum("hwoc,bhwc->bhwo", k, self._alias(spec))
+
+    def _down_adjoint(self, i, spec):
+        """D_i^T: tier i + 1 spectrum -> tier i spectrum (Kᴴ after zero insertion)."""
+        s = self.stride[0] * self.stride[1]
+        k = self._alias_matrix(self.k_hat[i]) / s
+        up = tf.einsum("hwoc,bhwo->bhwc", tf.math.conj(k), spec) * s
+        return self._unalias(up, self.shapes[i][2])
+
+    @staticmethod
+    def _apply(mats, spec, adjoint=False):
+        eq = "hwco,bhwc->bhwo" if adjoint else "hwoc,bhwc->bhwo"
+        return tf.einsum(eq, tf.math.conj(mats) if adjoint else mats, spec)
+
+    def multiply(self, z):
+        spec = self._split_fft(z)
+        out = []
+        for i, zi in enumerate(spec):
+            o = self._apply(self.m_hat[i], zi)
+            if i < len(spec) - 1:
+                o -= self._down_adjoint(i, self._down(i, zi))
+            if i > 0:
+                o -= 2.0 * self._apply(self.a_hat[i - 1], self._down(i - 1, spec[i - 1]), adjoint=True)
+            out.append(o)
+        return self._join_ifft(out)
+
+    def multiply_transpose(self, z):
+        spec = self._split_fft(z)
+        out = []
+        for i, zi in enumerate(spec):
+            o = self._apply(self.m_hat[i], zi, adjoint=True)
+            if i < len(spec) - 1:
+                o -= self._down_adjoint(i, self._down(i, zi))
+                o -= 2.0 * self._down_adjoint(i, self._apply(self.a_hat[i], spec[i + 1]))
+            out.append(o)
+        return self._join_ifft(out)
+
+    def resolvent(self, alpha):
+        """The exact `(I + alpha (I - W))^{-1}` (block forward substitution)."""
+        a = _scalar(alpha, self.m_hat[0].dtype)
+        s = self.stride[0] * self.stride[1]
+        blocks = []
+        for i, (h, w, c) in enumerate(self.shapes):
+            eye = tf.eye(c, dtype=a.dtype)
+            diag = (1.0 + a) * eye - a * self.m_hat[i]  # per fine frequency
+            if i == len(self.shapes) - 1:
+                blocks.append(tf.linalg.inv(diag))
+                continue
+            # per coarse frequency: blockdiag over aliases + alpha D^T D
+            dmat = self._alias_matrix(diag[:, :, :, :])  # [H', W', c, S c]
+            hc, wc = h // self.stride[0], w // self.stride[1]
+            eye_s = tf.eye(s, dtype=a.dtype)
+            blockdiag = tf.einsum("ab,hwcad->hwacbd", eye_s, tf.reshape(dmat, [hc, wc, c, s, c]))
+            blockdiag = tf.reshape(blockdiag, [hc, wc, s * c, s * c])
+            k = self._alias_matrix(self.k_hat[i]) / s  # [H', W', c', S c]
+            dtd = s * tf.matmul(k, k, adjoint_a=True)  # D^T D in the aliased basis
+            blocks.append(tf.linalg.inv(blockdiag + a * dtd))
+        return _MultiTierResolvent(self, blocks, alpha)
+
+    def _solve_block(self, blocks, i, spec, adjoint=False):
+        if i == len(self.shapes) - 1:
+            return self._apply(blocks[i], spec, adjoint=adjoint)
+        x = self._apply(blocks[i], self._alias(spec), adjoint=adjoint)
+        return self._unalias(x, self.shapes[i][2])
+
+    def _resolvent_apply(self, blocks, alpha, z, transpose):
+        a = _scalar(alpha, self.m_hat[0].dtype)
+        spec = self._split_fft(z)
+        n = len(spec)
+        x = [None] * n
+        if not transpose:  # forward substitution on the lower-triangular blocks
+            for i in range(n):
+                r = spec[i]
+                if i > 0:  # + alpha W_{i,i-1} x_{i-1}
+                    r += a * (-2.0) * self._apply(self.a_hat[i - 1], self._down(i - 1, x[i - 1]), adjoint=True)
+                x[i] = self._solve_block(blocks, i, r)
+        else:  # backward substitution on the transposed (upper-triangular) blocks
+            for i in reversed(range(n)):
+                r = spec[i]
+                if i < n - 1:  # + alpha W_{i+1,i}^T x_{i+1}
+                    r += a * (-2.0) * self._down_adjoint(i, self._apply(self.a_hat[i], x[i + 1]))
+                x[i] = self._solve_block(blocks, i, r, adjoint=True)
+        return self._join_ifft(x)
+
+    def identity_minus_norm(self):
+        """`||I - W||_2`, from the dense matrix (for the forward-backward bound; small problems)."""
+        eye = tf.eye(self.size, dtype=self.dtype)
+        return float(tf.linalg.svd(eye - self.to_dense(), compute_uv=False)[0])
+
+    def to_dense(self):
+        basis = tf.eye(self.size, dtype=self.dtype)
+        return tf.transpose(self.multiply(basis))
+
+
+class _MultiTierResolvent:
+    """`(I + alpha (I - W))^{-1}` of a `MultiTierOperator`, applied by block substitution."""
+
+    def __init__(self, op, blocks, alpha):
+        self.op = op
+        self.blocks = blocks
+        self.alpha = alpha
+        self.dtype = op.dtype
+
+    @property
+    def size(self):
+        return self.op.size
+
+    @property
+    def tensor(self):
+        return self.blocks[0]
+
+    def multiply(self, z):
+        return self.op._resolvent_apply(self.blocks, self.alpha, z, transpose=False)
+
+    def multiply_transpose(self, z):
+        return self.op._resolvent_apply(self.blocks, self.alpha, z, transpose=True)
+
+    def to_dense(self):
         basis = tf.eye(self.size, dtype=self.dtype)
         return tf.transpose(self.multiply(basis))
 

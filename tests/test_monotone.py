@@ -346,7 +346,7 @@ def test_conv_keras_round_trip(tmp_path):
     loaded = keras.models.load_model(tmp_path / "c.keras")
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
     cell = loaded.get_layer("conv").cell
-    assert (cell.kernel_size, cell.padding, cell.m, cell.filters) == ((3, 1), 2, 0.8, 4)
+    assert (cell.kernel_size, cell.padding, cell.m, cell.filters) == ((3, 1), (2, 2), 0.8, 4)
 
 
 def test_conv_bad_input():

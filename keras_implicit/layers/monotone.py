@@ -172,11 +172,15 @@ class MonotoneConvCell(MonotoneCell):
             raise ValueError(
                 f"`kernel_size` must be an odd int or a pair of odd ints. Received: kernel_size={kernel_size!r}"
             )
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"`padding` must be an integer >= 0. Received: padding={padding!r}")
+        pads = (padding, padding) if isinstance(padding, int) and not isinstance(padding, bool) else padding
+        if not (isinstance(pads, (tuple, list)) and len(pads) == 2
+                and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads)):
+            raise ValueError(
+                f"`padding` must be an integer >= 0 or a pair of them. Received: padding={padding!r}"
+            )
         self.filters = filters
         self.kernel_size = ks
-        self.padding = padding
+        self.padding = tuple(pads)
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
@@ -185,8 +189,8 @@ class MonotoneConvCell(MonotoneCell):
                 "MonotoneConv2D expects images (batch, height, width, channels) with known "
                 f"height, width and channels. Received: x.shape={tuple(x_shape)}"
             )
-        p = self.padding
-        return (x_shape[1] + 2 * p, x_shape[2] + 2 * p, self.filters)
+        ph, pw = self.padding
+        return (x_shape[1] + 2 * ph, x_shape[2] + 2 * pw, self.filters)
 
     def build(self, z_shape, x_shape=None):
         h, w, c = self.compute_state_shape(x_shape)
@@ -200,9 +204,9 @@ class MonotoneConvCell(MonotoneCell):
         if self.weight_normalization:
             self.g = self.add_weight(name="g", shape=(), initializer="ones")
             self.h = self.add_weight(name="h", shape=(), initializer="ones")
-        p = self.padding
+        ph, pw = self.padding
         mask = np.zeros((h, w, 1), "float32")
-        mask[p:h - p, p:w - p] = 1.0
+        mask[ph:h - ph, pw:w - pw] = 1.0
         self.border_mask = tf.constant(mask, dtype=self.compute_dtype)
 
     def operator(self):
@@ -225,13 +229,14 @@ class MonotoneConvCell(MonotoneCell):
         return self.operator().to_dense()
 
     def input_injection(self, x):
-        p = self.padding
-        if p:
-            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        ph, pw = self.padding
+        if ph or pw:
+            x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
         return tf.nn.conv2d(x, self.kernel, 1, "SAME") + self.bias
 
     def _flat(self, t):
-        return tf.reshape(t, [tf.shape(t)[0], -1])
+        h, w = self.spatial
+        return tf.reshape(t, [-1, h * w * self.filters])
 
     def _unflat(self, t, like):
         h, w = self.spatial
@@ -396,14 +401,15 @@ class MonotoneConv2D(_MonotoneLayer):
         kernel_size: int or (kh, kw), default 3 (for `A`, `B` and `U`).
         m, activation, solver, alpha, backward, tol, max_iter, stop_mode:
             as `MonotoneDense`.
-        padding: int >= 0, zero border added around the state, default 1.
+        padding: int >= 0 or a pair (rows, columns), zero border added
+            around the state, default 1.
         weight_normalization: default True (as the paper's convolutional model).
 
     Call arguments:
         inputs: images `[batch, H, W, C_in]`.
 
     Returns:
-        `[batch, H + 2 padding, W + 2 padding, filters]`.
+        `[batch, H + 2 pad_rows, W + 2 pad_cols, filters]`.
     """
 
     def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", solver="peaceman_rachford",

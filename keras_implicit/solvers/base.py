@@ -180,6 +180,10 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
 
     def body(k, z, state, best_z, best_res, bad, trace):
         z_next, state, cand, diff, ref = solver.step(F, z, state, k)
+        # Loop variables keep their static shapes (reshapes inside a solver or
+        # an operator may lose them).
+        z_next = tf.ensure_shape(z_next, z.shape)
+        cand = tf.ensure_shape(cand, z.shape)
         # Residuals steer the loop; they never carry gradients.
         res = tf.stop_gradient(measure(diff, ref))
         finite = tf.math.is_finite(res)
