@@ -356,3 +356,105 @@ def test_conv_bad_input():
         MonotoneConv2D(4, padding=-1)
     with pytest.raises(ValueError, match=r"Received: x.shape=\(2, 8\)"):
         MonotoneConv2D(4)(tf.ones([2, 8]))
+
+
+# --- multi-tier monDEQ -----------------------------------------------------
+
+from keras_implicit.layers import MonotoneMultiscale  # noqa: E402
+
+
+def _multiscale_layer(seed=0, m=0.5, stride=2, xshape=(2, 6, 6, 1), **kwargs):
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("tol", 1e-12)
+    kwargs.setdefault("max_iter", 5000)
+    layer = MonotoneMultiscale((2, 3, 2), stride=stride, m=m, dtype="float64", return_info=True, **kwargs)
+    layer.build(xshape)
+    rng = np.random.default_rng(seed)
+    for var in layer.cell.trainable_variables:
+        if var.name.startswith(("A", "B")):
+            var.assign(rng.standard_normal(var.shape))
+        elif "scale" in var.name:
+            var.assign(rng.uniform(0.5, 2.0))
+    return layer
+
+
+@pytest.mark.parametrize("stride,xshape", [(2, (2, 6, 6, 1)), ((1, 2), (2, 1, 6, 1))])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multiscale_operator_is_monotone_with_exact_resolvent(stride, xshape, seed):
+    layer = _multiscale_layer(seed=seed, m=0.3, stride=stride, xshape=xshape, padding=(0, 1) if stride != 2 else 1)
+    op = layer.cell.operator()
+    w = op.to_dense().numpy()
+    n = w.shape[0]
+    assert np.linalg.eigvalsh(np.eye(n) - (w + w.T) / 2).min() >= 0.3 - 1e-6
+    rng = np.random.default_rng(3)
+    y, z = rng.standard_normal((2, n)), rng.standard_normal((2, n))
+    np.testing.assert_allclose(np.sum(y * op.multiply(tf.constant(z)).numpy()),
+                               np.sum(op.multiply_transpose(tf.constant(y)).numpy() * z), rtol=1e-10)
+    for alpha in (0.1, 1.0, 10.0):
+        want = np.linalg.inv(np.eye(n) + alpha * (np.eye(n) - w))
+        res = op.resolvent(alpha)
+        np.testing.assert_allclose(res.to_dense().numpy(), want, atol=1e-10)
+        np.testing.assert_allclose(res.multiply_transpose(tf.constant(y)).numpy(), y @ want, atol=1e-10)
+
+
+def test_multiscale_equilibrium_and_gradients():
+    x = tf.constant(np.random.default_rng(1).standard_normal((2, 6, 6, 1)))
+    zs = []
+    for solver, alpha in (("peaceman_rachford", 0.3), ("peaceman_rachford", 3.0), ("forward_backward", None)):
+        layer = _multiscale_layer(solver=solver, alpha=alpha or 1.0)
+        if solver == "forward_backward":
+            layer = _multiscale_layer(solver=solver, alpha=0.9 * layer.forward_backward_bound(), max_iter=20000)
+        z, info = layer(x)
+        assert int(info.status) == ki.CONVERGED and z.shape == (2, 2, 2, 2)
+        zs.append(z.numpy())
+    for z in zs[1:]:
+        np.testing.assert_allclose(z, zs[0], atol=1e-8)
+    layer = _multiscale_layer()
+    r = tf.constant(np.random.default_rng(2).standard_normal((2, 2, 2, 2)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.sin(layer(x)[0]) * r)
+    grads = tape.gradient(loss, [x] + layer.trainable_variables)
+    # dense adjoint through the flat state
+    z_full, _ = layer.solve(x)
+    w = layer.implicit_weight().numpy()
+    n = w.shape[0]
+    last = 2 * 2 * 2
+    dz = np.zeros((2, n))
+    dz[:, n - last:] = (np.cos(z_full.numpy()[:, n - last:]) * r.numpy().reshape(2, -1))
+    gb = np.zeros(2)
+    for i in range(2):
+        jac = np.diag(layer.cell.derivative(z_full[i:i + 1]).numpy().reshape(-1))
+        c = np.linalg.solve((np.eye(n) - jac @ w).T, dz[i])
+        gb += (jac @ c)[:8 * 8 * 2].reshape(8, 8, 2).sum((0, 1))
+    names = [v.name for v in layer.trainable_variables]
+    np.testing.assert_allclose(grads[1 + names.index("bias")].numpy(), gb, rtol=1e-7)
+    h = 1e-6
+    rng = np.random.default_rng(6)
+    for var, g in zip(layer.trainable_variables, grads[1:]):
+        v = rng.standard_normal(var.shape)
+        base = var.numpy()
+        vals = []
+        for sign in (1, -1):
+            var.assign(base + sign * h * v)
+            vals.append(float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)))
+        var.assign(base)
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+
+
+def test_multiscale_round_trip_and_bad_input(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1, 10, 1))
+    z = MonotoneMultiscale((4, 6), stride=(1, 2), padding=(0, 1), name="ms")(inputs)
+    assert z.shape == (None, 1, 6, 6)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(z)))
+    x = np.random.randn(3, 1, 10, 1).astype("float32")
+    model.save(tmp_path / "ms.keras")
+    loaded = keras.models.load_model(tmp_path / "ms.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    assert loaded.get_layer("ms").cell.stride == (1, 2)
+    with pytest.raises(ValueError, match=r"divisible by the stride.*Received: x.shape=\(2, 5, 5, 1\)"):
+        MonotoneMultiscale((2, 2), stride=2, padding=1)(tf.ones([2, 5, 5, 1]))
+    with pytest.raises(ValueError, match=r"Received: filters="):
+        MonotoneMultiscale(())

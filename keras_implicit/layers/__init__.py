@@ -7,6 +7,8 @@ from keras_implicit.layers.monotone import (
     MonotoneConv2D,
     MonotoneConvCell,
     MonotoneDense,
+    MonotoneMultiscale,
+    MonotoneMultiscaleCell,
     tune_alpha,
 )
 
@@ -18,5 +20,7 @@ __all__ = [
     "MonotoneConv2D",
     "MonotoneConvCell",
     "MonotoneDense",
+    "MonotoneMultiscale",
+    "MonotoneMultiscaleCell",
     "tune_alpha",
 ]

@@ -8,10 +8,11 @@ import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
 from keras_implicit import solvers as solvers_lib
-from keras_implicit.layers.fpi import ForwardFPI
+from keras_implicit.layers.fpi import ForwardFPI, _info_spec
 from keras_implicit.operators import (
     DenseOperator,
     FourierOperator,
+    MultiTierOperator,
     SplittingProblem,
     adjoint_prox,
     kernel_spectrum,
@@ -260,6 +261,135 @@ class MonotoneConvCell(MonotoneCell):
         return config
 
 
+def _pair(value, name, check):
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and check(v) for v in pair)):
+        raise ValueError(f"`{name}` must be an int or a pair of ints as documented. Received: {name}={value!r}")
+    return tuple(pair)
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class MonotoneMultiscaleCell(MonotoneCell):
+    """The multi-tier monDEQ cell (see `MonotoneMultiscale`); its state is flat `[batch, n]`."""
+
+    def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu", padding=1,
+                 weight_normalization=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 **kwargs):
+        if not (isinstance(filters, (tuple, list)) and len(filters) >= 1
+                and all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters)):
+            raise ValueError(f"`filters` must be a list of positive ints, one per tier. Received: filters={filters!r}")
+        super().__init__(int(filters[0]), m=m, activation=activation, weight_normalization=weight_normalization,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
+        self.filters = tuple(int(f) for f in filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size", lambda k: k >= 1 and k % 2 == 1)
+        self.stride = _pair(stride, "stride", lambda v: v >= 1)
+        self.padding = _pair(padding, "padding", lambda v: v >= 0)
+        self.state_size = None
+
+    def tier_shapes(self, x_shape):
+        if len(x_shape) != 4 or None in tuple(x_shape[1:]):
+            raise ValueError(
+                "MonotoneMultiscale expects images (batch, height, width, channels) with known "
+                f"height, width and channels. Received: x.shape={tuple(x_shape)}"
+            )
+        h, w = x_shape[1] + 2 * self.padding[0], x_shape[2] + 2 * self.padding[1]
+        shapes = [(h, w, self.filters[0])]
+        for f in self.filters[1:]:
+            if h % self.stride[0] or w % self.stride[1]:
+                raise ValueError(
+                    f"Each tier's grid must be divisible by the stride {self.stride}; tier "
+                    f"{len(shapes)} is {h} x {w}. Change the padding or the number of tiers. "
+                    f"Received: x.shape={tuple(x_shape)}, padding={self.padding}"
+                )
+            h, w = h // self.stride[0], w // self.stride[1]
+            shapes.append((h, w, f))
+        return shapes
+
+    def compute_state_shape(self, x_shape):
+        return (sum(h * w * c for h, w, c in self.tier_shapes(x_shape)),)
+
+    def build(self, z_shape, x_shape=None):
+        self.shapes = self.tier_shapes(x_shape)
+        kh, kw = self.kernel_size
+        init = self.kernel_initializer
+        self.A, self.B, self.A_down = [], [], []
+        self.a_scale, self.b_scale, self.down_scale = [], [], []
+        for i, (_, _, c) in enumerate(self.shapes):
+            self.A.append(self.add_weight(name=f"A_{i}", shape=(kh, kw, c, c), initializer=init))
+            self.B.append(self.add_weight(name=f"B_{i}", shape=(kh, kw, c, c), initializer=init))
+            if self.weight_normalization:
+                self.a_scale.append(self.add_weight(name=f"a_scale_{i}", shape=(), initializer="ones"))
+                self.b_scale.append(self.add_weight(name=f"b_scale_{i}", shape=(), initializer="ones"))
+            if i + 1 < len(self.shapes):
+                c_next = self.shapes[i + 1][2]
+                self.A_down.append(self.add_weight(name=f"A_down_{i}", shape=(kh, kw, c, c_next), initializer=init))
+                if self.weight_normalization:
+                    self.down_scale.append(self.add_weight(name=f"down_scale_{i}", shape=(), initializer="ones"))
+        self.kernel = self.add_weight(name="kernel", shape=(kh, kw, x_shape[-1], self.filters[0]), initializer=init)
+        self.bias = self.add_weight(name="bias", shape=(self.filters[0],), initializer=self.bias_initializer)
+        h, w, c = self.shapes[0]
+        ph, pw = self.padding
+        mask = np.zeros((h, w, c), "float32")
+        mask[ph:h - ph, pw:w - pw] = 1.0
+        rest = sum(a * b * d for a, b, d in self.shapes[1:])
+        self.border_mask = tf.constant(np.concatenate([mask.reshape(-1), np.ones(rest, "float32")]),
+                                       dtype=self.compute_dtype)
+
+    def _normalized(self, weights, scales, i):
+        w = tf.convert_to_tensor(weights[i])
+        if not self.weight_normalization:
+            return w
+        return scales[i] * w / tf.norm(w)
+
+    def operator(self):
+        m_hat, k_hat, a_hat = [], [], []
+        for i, (h, w, c) in enumerate(self.shapes):
+            a = kernel_spectrum(self._normalized(self.A, self.a_scale, i), (h, w), full=True)
+            b = kernel_spectrum(self._normalized(self.B, self.b_scale, i), (h, w), full=True)
+            eye = tf.eye(c, dtype=a.dtype)
+            m_hat.append(tf.cast(1.0 - self.m, a.dtype) * eye - tf.matmul(a, a, adjoint_a=True)
+                         + b - tf.linalg.adjoint(b))
+            if i > 0:
+                a_hat.append(a)
+            if i + 1 < len(self.shapes):
+                k_hat.append(kernel_spectrum(self._normalized(self.A_down, self.down_scale, i), (h, w), full=True))
+        return MultiTierOperator(m_hat, k_hat, a_hat, self.stride, self.compute_dtype)
+
+    def implicit_weight(self):
+        """`W` as a dense `[n, n]` matrix (for inspection and tests)."""
+        return self.operator().to_dense()
+
+    def input_injection(self, x):
+        ph, pw = self.padding
+        if ph or pw:
+            x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        first = tf.nn.conv2d(x, self.kernel, 1, "SAME") + self.bias
+        first = tf.reshape(first, [-1, int(np.prod(self.shapes[0]))])
+        rest = sum(h * w * c for h, w, c in self.shapes[1:])
+        if not rest:
+            return first
+        return tf.concat([first, tf.zeros([tf.shape(x)[0], rest], first.dtype)], axis=1)
+
+    def prox(self, v, alpha):
+        return self.activation.prox(v, alpha) * self.border_mask
+
+    def derivative(self, z):
+        return self.activation.derivative(z) * self.border_mask
+
+    def split_tiers(self, z):
+        """The flat state as a list of tier images `[batch, H_i, W_i, c_i]`."""
+        parts = tf.split(z, [h * w * c for h, w, c in self.shapes], axis=1)
+        return [tf.reshape(p, [-1, h, w, c]) for p, (h, w, c) in zip(parts, self.shapes)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("units")
+        config.update({"filters": list(self.filters), "kernel_size": self.kernel_size,
+                       "stride": self.stride, "padding": self.padding})
+        return config
+
+
 def _splitting_solver(solver, alpha, activation):
     """Resolves `solver`, giving a splitting solver named by string the layer's alpha."""
     if isinstance(solver, str) and solver in ("peaceman_rachford", "forward_backward"):
@@ -431,6 +561,81 @@ class MonotoneConv2D(_MonotoneLayer):
                 "padding": cell.padding}
 
 
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class MonotoneMultiscale(_MonotoneLayer):
+    """A multi-tier convolutional monDEQ layer (Winston & Kolter 2020, Sec. 4).
+
+    Tiers of images at decreasing resolution (`filters[i]` channels, each
+    grid the previous one subsampled by `stride`) are coupled into one
+    equilibrium `z* = sigma(W z* + U x + b)`: within a tier by circular
+    convolutions `A_i`, `B_i` as in `MonotoneConv2D`, and from tier `i` to
+    `i + 1` by a strided convolution `D_i`, with
+
+        W_ii = (1 - m) I - A_i^T A_i - D_i^T D_i + B_i - B_i^T,
+        W_{i+1,i} = -2 A_{i+1}^T D_i,
+
+    so that `I - W >= m I` (see `MultiTierOperator`). The input enters the
+    first tier. The Peaceman-Rachford resolvent is exact: per coarse
+    frequency a small dense inverse, then block substitution over the tiers.
+    With weight normalization every kernel is `scale * kernel / ||kernel||`
+    with a learned scalar scale.
+
+    Args:
+        filters: channels per tier, default (16, 32, 32).
+        kernel_size: odd int or pair, default 3.
+        stride: int or pair, subsampling between tiers, default 2 (use
+            (1, 2) for 1-D signals stored as 1 x L images).
+        padding: zero border of the first tier (held at zero by the prox),
+            int or pair, default 1.
+        m, activation, solver, alpha, backward, tol, max_iter, stop_mode,
+        weight_normalization (default True): as `MonotoneConv2D`.
+
+    Call arguments:
+        inputs: images `[batch, H, W, C_in]`; `H + 2 pad_rows` and
+            `W + 2 pad_cols` must be divisible by the strides.
+
+    Returns:
+        The last tier, `[batch, H_L, W_L, filters[-1]]` (the whole flat state
+        is `layer.solve(x)[0]`; `layer.cell.split_tiers` splits it).
+    """
+
+    def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu",
+                 solver="peaceman_rachford", alpha=1.0, backward="implicit", tol=1e-4, max_iter=100,
+                 stop_mode="rel", padding=1, weight_normalization=True, return_info=False, on_failure="warn",
+                 track_metrics=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        kwargs.pop("cell", None)
+        cell = MonotoneMultiscaleCell(filters, kernel_size=kernel_size, stride=stride, m=m, activation=activation,
+                                      padding=padding, weight_normalization=weight_normalization,
+                                      kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                                      name="monotone_multiscale_cell", dtype=kwargs.get("dtype"))
+        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
+                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
+                         track_metrics=track_metrics, **kwargs)
+
+    def _last_tier(self, z):
+        return self.cell.split_tiers(z)[-1]
+
+    def call(self, inputs, initial_state=None):
+        out = super().call(inputs, initial_state)
+        if self.return_info:
+            return self._last_tier(out[0]), out[1]
+        return self._last_tier(out)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + tuple(self.cell.tier_shapes(input_shape)[-1])
+
+    def compute_output_spec(self, inputs, initial_state=None):
+        z = keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
+        if not self.return_info:
+            return z
+        return z, _info_spec(inputs.shape[0], self.max_iter, self.compute_dtype)
+
+    def get_config(self):
+        cell = self.cell
+        return {**super().get_config(), "filters": list(cell.filters), "kernel_size": cell.kernel_size,
+                "stride": cell.stride, "padding": cell.padding}
+
+
 def tune_alpha(layer, x, alphas=None, verbose=False):
     """Picks the Peaceman-Rachford `alpha` that needs the fewest forward iterations.
 
@@ -474,4 +679,12 @@ def tune_alpha(layer, x, alphas=None, verbose=False):
     return best_alpha, dict(sorted(table.items(), key=lambda kv: -kv[0]))
 
 
-__all__ = ["MonotoneCell", "MonotoneConvCell", "MonotoneConv2D", "MonotoneDense", "tune_alpha"]
+__all__ = [
+    "MonotoneCell",
+    "MonotoneConv2D",
+    "MonotoneConvCell",
+    "MonotoneDense",
+    "MonotoneMultiscale",
+    "MonotoneMultiscaleCell",
+    "tune_alpha",
+]
