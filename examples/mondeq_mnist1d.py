@@ -1,14 +1,20 @@
-"""Convolutional monDEQ on MNIST-1D vs an MLP with the same parameter count.
+"""Convolutional and multi-tier monDEQ on MNIST-1D vs an MLP with the same parameter count.
 
 MNIST-1D (Greydanus 2020; 4000 train / 1000 test signals of length 40, generated
-offline, standardized) as 1 x 40 images. MonotoneConv2D(40 filters, kernel (1, 5),
-padding (0, 2): the signal gets two zero samples at each end so that the circular
-convolution does not join them), m = 1, Peaceman-Rachford alpha = 1, relative tol
-1e-2; then average pooling over 11 positions and a Dense head (17,852 parameters).
-Against a one-hidden-layer ReLU MLP of the same size. Adam 1e-3 constant, 40 epochs,
-batch 64, 3 seeds. Writes examples/output/mondeq_mnist1d_conv.json.
+offline, standardized) as 1 x 40 images; m = 1, Peaceman-Rachford alpha = 1,
+relative tol 1e-2; Adam 1e-3 constant, 40 epochs, batch 64, 3 seeds.
 
-Run: python examples/mondeq_mnist1d.py [--epochs 40] [--seeds 0 1 2]
+* `--model conv`: MonotoneConv2D(40 filters, kernel (1, 5), padding (0, 2): two zero
+  samples at each end so that the circular convolution does not join them), average
+  pooling over 11 positions, Dense head (17,852 parameters).
+* `--model multiscale`: MonotoneMultiscale(filters (8, 16, 32), kernel (1, 5),
+  stride (1, 2), padding (0, 4): tiers of width 48, 24, 12), average pooling over 3
+  positions of the last tier, Dense head.
+
+Each against a one-hidden-layer ReLU MLP of the same size. Writes
+examples/output/mondeq_mnist1d_<model>.json.
+
+Run: python examples/mondeq_mnist1d.py [--model conv|multiscale] [--epochs 40] [--seeds 0 1 2]
 """
 
 import argparse
@@ -21,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_implicit.datasets import load_mnist1d  # noqa: E402
-from keras_implicit.layers import MonotoneConv2D  # noqa: E402
+from keras_implicit.layers import MonotoneConv2D, MonotoneMultiscale  # noqa: E402
 
 try:
     from mondeq_digits import mlp_like, run
@@ -36,21 +42,35 @@ def conv_mondeq(filters=40):
     return keras.Model(inputs, keras.layers.Dense(10)(h), name="conv_mondeq")
 
 
+def multiscale_mondeq(filters=(8, 16, 32)):
+    inputs = keras.Input((1, 40, 1))
+    z = MonotoneMultiscale(filters, kernel_size=(1, 5), stride=(1, 2), padding=(0, 4), m=1.0, alpha=1.0,
+                           tol=1e-2, name="deq")(inputs)
+    h = keras.layers.Flatten()(keras.layers.AveragePooling2D((1, 3))(z))
+    return keras.Model(inputs, keras.layers.Dense(10)(h), name="multiscale_mondeq")
+
+
+MODELS = {"conv": ("MonotoneConv2D(40)", conv_mondeq), "multiscale": ("MonotoneMultiscale(8,16,32)", multiscale_mondeq)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="conv")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     (x_tr, y_tr), (x_te, y_te) = load_mnist1d()
     images = ((x_tr.reshape(-1, 1, 40, 1), y_tr), (x_te.reshape(-1, 1, 40, 1), y_te))
     flat = ((x_tr, y_tr), (x_te, y_te))
+    label, build_deq = MODELS[args.model]
     setups = {
-        "MonotoneConv2D(40)": (conv_mondeq, images),
-        "MLP (same parameters)": (lambda: mlp_like(conv_mondeq(), 40, 10), flat),
+        label: (build_deq, images),
+        "MLP (same parameters)": (lambda: mlp_like(build_deq(), 40, 10), flat),
     }
     rows = {}
     for name, (build, data) in setups.items():
         runs = [run(build, data, s, args.epochs) for s in args.seeds]
+        print(name, [round(r["accuracy"], 4) for r in runs], flush=True)
         acc = np.array([r["accuracy"] for r in runs]) * 100
         rows[name] = {
             "params": runs[0]["params"], "accuracy_mean": acc.mean(), "accuracy_sd": acc.std(),
@@ -64,7 +84,7 @@ def main():
         its = (f"{r['fwd_iters']:>8.1f}{r['bwd_iters']:>8.1f}" if r["fwd_iters"] is not None else f"{'-':>8}{'-':>8}")
         print(f"{name:<24}{r['params']:>8}{r['accuracy_mean']:>12.2f} +- {r['accuracy_sd']:.2f} %{its}"
               f"{r['seconds_per_epoch']:>9.2f}")
-    out = os.path.join(os.path.dirname(__file__), "output", "mondeq_mnist1d_conv.json")
+    out = os.path.join(os.path.dirname(__file__), "output", f"mondeq_mnist1d_{args.model}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
         json.dump({"epochs": args.epochs, "seeds": args.seeds, "rows": rows}, fh, indent=2)

@@ -6,12 +6,15 @@ import tensorflow as tf
 
 from keras_implicit.solvers import Solver, solve
 
-try:  # Internal but long-stable: stops every active tape, as custom_gradient needs.
-    from tensorflow.python.eager.record import stop_recording
+try:  # Internal but long-stable: stop every active tape / ask whether any records.
+    from tensorflow.python.eager.record import could_possibly_record, stop_recording
 except ImportError:  # pragma: no cover
     import contextlib
 
     stop_recording = contextlib.nullcontext
+
+    def could_possibly_record():
+        return True
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class SolveSpec:
     tol: float
     max_iter: int
     stop_mode: str = "abs"
+    jit_loop: bool = True
 
     def run(self, f, z0, args=()):
         """Solves `z = f(z, *args)` from `z0`; returns `(z, SolverInfo)`.
@@ -46,11 +50,12 @@ class SolveSpec:
                 pass
         return solve(
             lambda z: f(z, *args), z0, self.solver, self.tol, self.max_iter, self.stop_mode,
-            structure=structure,
+            structure=structure, jit_loop=self.jit_loop and not could_possibly_record(),
         )
 
     def run_without_gradient(self, f, z0, args=()):
-        """Solves without recording on any gradient tape (saves eager memory)."""
+        """Solves without recording on any gradient tape (saves eager memory)
+        and so may compile the loop with XLA."""
         with stop_recording():
             z, info = self.run(f, z0, args)
         return tf.nest.map_structure(tf.stop_gradient, z), info

@@ -176,7 +176,10 @@ def _implicit_op(f, z0, args, forward, adjoint_spec, callback):
     @tf.custom_gradient
     def op(*flat):
         a = tf.nest.pack_sequence_as(args, list(flat))
-        z, info = forward(f, z0, a)
+        # The custom gradient replaces the forward's own: record nothing (eager
+        # memory), which also lets the solver loop compile with XLA.
+        with stop_recording():
+            z, info = forward(f, z0, a)
         if forward is _reattach:
             z = tf.nest.map_structure(tf.identity, z)
         z_sg = tf.nest.map_structure(tf.stop_gradient, z)

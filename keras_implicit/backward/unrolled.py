@@ -1,5 +1,7 @@
 """Backpropagation through the solver's iterations."""
 
+import dataclasses
+
 from keras_implicit.backward.base import BackwardMode
 
 
@@ -16,4 +18,5 @@ class Unrolled(BackwardMode):
     exact = True
 
     def apply(self, f, z0, args, spec, callback=None):
-        return spec.run(f, z0, args)
+        # Gradients flow through this loop: it must not be a nested XLA function.
+        return dataclasses.replace(spec, jit_loop=False).run(f, z0, args)
