@@ -89,6 +89,7 @@ def fixed_point(
     on_failure="warn",
     backward_callback=None,
     check_captures=True,
+    jit_loop=True,
 ):
     """Solves `z* = f(z*, *args)` and returns `(z_star, info)`.
 
@@ -121,6 +122,11 @@ def fixed_point(
             the adjoint solve (implicit mode) when gradients are computed.
         check_captures: warn if `f` captures float tensors by closure
             (implicit mode only; costs one extra trace of `f`).
+        jit_loop: in graph mode, compile solver loops that are not
+            differentiated (all but `"unrolled"`'s, and the adjoint loop
+            unless a second derivative is being taken) with XLA as nested
+            functions. Default True; set False for a cell with operations
+            XLA cannot compile.
 
     Returns:
         `(z_star, info)`: the solution (structure of `z0`) and a
@@ -148,7 +154,7 @@ def fixed_point(
         )
         for a in args
     )
-    spec = backward_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode)
+    spec = backward_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
     if check_captures and isinstance(backward, backward_lib.Implicit):
         _warn_captured(f, z0, args)
     z, info = backward.apply(f, z0, args, spec, backward_callback)

@@ -176,3 +176,40 @@ def test_run_eagerly_training_works():
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
     hist = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert np.isfinite(hist.history["loss"][0]) and hist.history["fpi_bwd_iters"][0] >= 1
+
+
+def _xla_functions(concrete):
+    lib = concrete.graph.as_graph_def().library
+    return [f.signature.name for f in lib.function if f.attr.get("_XlaMustCompile") and f.attr["_XlaMustCompile"].b]
+
+
+@pytest.mark.parametrize("jit_loop", [True, False])
+def test_solver_loops_compile_with_xla_unless_disabled(jit_loop):
+    keras.utils.set_random_seed(0)
+    layer = ForwardFPI(DenseCell(8), jit_loop=jit_loop, tol=1e-6)
+    x = tf.constant(np.random.randn(4, 5).astype("float32"))
+    layer(x)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    compiled = _xla_functions(step.get_concrete_function(x))
+    assert (len(compiled) >= 2) == jit_loop, compiled  # forward and adjoint loops
+    grads = step(x)
+    keras.utils.set_random_seed(0)
+    other = ForwardFPI(DenseCell(8), jit_loop=not jit_loop, tol=1e-6)
+    other(x)
+    for v, w in zip(other.trainable_variables, layer.trainable_variables):
+        v.assign(w)
+
+    @tf.function
+    def step2(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(other(x) ** 2)
+        return tape.gradient(loss, other.trainable_variables)
+
+    for a, b in zip(grads, step2(x)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from keras_implicit import solvers as solvers_lib
-from keras_implicit.backward.base import BackwardMode, SolveSpec, stop_recording
+from keras_implicit.backward.base import BackwardMode, SolveSpec, could_possibly_record, stop_recording
 from keras_implicit.solvers.base import check_tol_and_max_iter, solve
 
 
@@ -74,7 +74,7 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=()):
             )
         problem, y0, finish = builder(z_star, dz, *args)
         y, info = solve(lambda y: y, y0, spec.solver, spec.tol, spec.max_iter, spec.stop_mode,
-                        structure=problem)
+                        structure=problem, jit_loop=spec.jit_loop and not could_possibly_record())
         c = finish(y)
     else:
         c, info = spec.run(adjoint_map, dz)
@@ -147,6 +147,7 @@ class Implicit(BackwardMode):
             tol=spec.tol if self.tol is None else self.tol,
             max_iter=spec.max_iter if self.max_iter is None else self.max_iter,
             stop_mode=spec.stop_mode if self.stop_mode is None else self.stop_mode,
+            jit_loop=spec.jit_loop,
         )
 
     def apply(self, f, z0, args, spec, callback=None):

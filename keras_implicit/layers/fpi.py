@@ -145,6 +145,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         on_failure: `"warn"` (default), `"raise"` or `"ignore"`; applies in
             eager mode (see `fixed_point`).
         track_metrics: bool, default True.
+        jit_loop: compile the solver loops with XLA in graph mode (see
+            `fixed_point`), default True.
 
     Call arguments:
         inputs: the cell's input `x`, with a leading batch axis.
@@ -178,11 +180,13 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return_info=False,
         on_failure="warn",
         track_metrics=True,
+        jit_loop=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._set_solve_settings(cell, solver, tol, max_iter, stop_mode, return_info, on_failure)
         self.backward = backward_lib.get(backward)
+        self.jit_loop = bool(jit_loop)
         self.track_metrics = bool(track_metrics)
         if self.track_metrics:
             self.fwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_fwd_iters")
@@ -199,7 +203,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
     @property
     def spec(self):
         """The forward `SolveSpec` (solver and stopping rule)."""
-        return SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode)
+        return SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode, self.jit_loop)
 
     def _record_backward(self, info):
         if self.track_metrics:
@@ -233,6 +237,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             on_failure=self.on_failure,
             backward_callback=self._record_backward,
             check_captures=False,
+            jit_loop=self.jit_loop,
         )
 
     def call(self, inputs, initial_state=None):
@@ -277,6 +282,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             **self._solve_settings_config(),
             "backward": backward_lib.serialize(self.backward),
             "track_metrics": self.track_metrics,
+            "jit_loop": self.jit_loop,
         }
         return {**super().get_config(), **config}
 
