@@ -33,6 +33,7 @@ class FixedPointIteration(Solver):
     """
 
     name = "fixed_point"
+    compile_loop = False  # its step is the cell itself: nothing for XLA to fuse
 
     def __init__(self, damping=1.0):
         self.damping = check_damping(damping)

@@ -38,6 +38,7 @@ class PeacemanRachford(Solver):
 
     name = "peaceman_rachford"
     needs_structure = True
+    compile_loop = False  # a few large ops per step (FFTs, matmuls): little to fuse
 
     def __init__(self, alpha=1.0):
         self.alpha = check_alpha(alpha)
@@ -80,6 +81,7 @@ class ForwardBackward(Solver):
 
     name = "forward_backward"
     needs_structure = True
+    compile_loop = False
 
     def __init__(self, alpha=0.1):
         self.alpha = check_alpha(alpha)
