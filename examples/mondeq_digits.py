@@ -56,6 +56,35 @@ def run(build, data, seed, epochs, batch_size=64, lr=1e-3):
     }
 
 
+def summarize(runs):
+    """Mean/sd accuracy and mean iterations and time over the seeds' runs."""
+    acc = np.array([r["accuracy"] for r in runs]) * 100
+
+    def mean(key):
+        return None if runs[0][key] is None else float(np.mean([r[key] for r in runs]))
+
+    return {"params": runs[0]["params"], "accuracy_mean": acc.mean(), "accuracy_sd": acc.std(),
+            "accuracies": acc.tolist(), "seconds_per_epoch": mean("seconds_per_epoch"),
+            "fwd_iters": mean("fwd_iters"), "bwd_iters": mean("bwd_iters")}
+
+
+def compare(builders, data, seeds, epochs, title):
+    """Trains every `builders[name]()` on `data` for each seed; prints and returns the table.
+
+    `data` is one data set for all, or a dict name -> data set."""
+    rows = {}
+    for name, build in builders.items():
+        d = data[name] if isinstance(data, dict) else data
+        rows[name] = summarize([run(build, d, s, epochs) for s in seeds])
+    print(f"\n{title}, Adam 1e-3 constant, batch 64, seeds {seeds}\n")
+    print(f"{'model':<28}{'params':>8}{'test accuracy':>20}{'fwd it':>8}{'bwd it':>8}{'s/epoch':>9}")
+    for name, r in rows.items():
+        its = (f"{r['fwd_iters']:>8.1f}{r['bwd_iters']:>8.1f}" if r["fwd_iters"] is not None else f"{'-':>8}{'-':>8}")
+        print(f"{name:<28}{r['params']:>8}{r['accuracy_mean']:>12.2f} +- {r['accuracy_sd']:.2f} %{its}"
+              f"{r['seconds_per_epoch']:>9.2f}")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", choices=["digits", "mnist1d"])
@@ -68,22 +97,7 @@ def main():
     d, classes = data[0][0].shape[1], 10
     builders = {"MonotoneDense": lambda: mondeq(d, classes, args.width)}
     builders["MLP (same parameters)"] = lambda: mlp_like(mondeq(d, classes, args.width), d, classes)
-    rows = {}
-    for name, build in builders.items():
-        runs = [run(build, data, s, args.epochs) for s in args.seeds]
-        acc = np.array([r["accuracy"] for r in runs]) * 100
-        rows[name] = {
-            "params": runs[0]["params"], "accuracy_mean": acc.mean(), "accuracy_sd": acc.std(),
-            "accuracies": acc.tolist(), "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
-            "fwd_iters": None if runs[0]["fwd_iters"] is None else float(np.mean([r["fwd_iters"] for r in runs])),
-            "bwd_iters": None if runs[0]["bwd_iters"] is None else float(np.mean([r["bwd_iters"] for r in runs])),
-        }
-    print(f"\n{args.dataset}, {args.epochs} epochs, Adam 1e-3 constant, batch 64, seeds {args.seeds}\n")
-    print(f"{'model':<24}{'params':>8}{'test accuracy':>20}{'fwd it':>8}{'bwd it':>8}{'s/epoch':>9}")
-    for name, r in rows.items():
-        its = (f"{r['fwd_iters']:>8.1f}{r['bwd_iters']:>8.1f}" if r["fwd_iters"] is not None else f"{'-':>8}{'-':>8}")
-        print(f"{name:<24}{r['params']:>8}{r['accuracy_mean']:>12.2f} +- {r['accuracy_sd']:.2f} %{its}"
-              f"{r['seconds_per_epoch']:>9.2f}")
+    rows = compare(builders, data, args.seeds, args.epochs, f"{args.dataset}, {args.epochs} epochs")
     out = args.out or os.path.join(os.path.dirname(__file__), "output", f"mondeq_{args.dataset}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:

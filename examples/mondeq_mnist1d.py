@@ -24,15 +24,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from keras_implicit.datasets import load_mnist1d  # noqa: E402
 from keras_implicit.layers import MonotoneConv2D, MonotoneMultiscale  # noqa: E402
 
 try:
-    from mondeq_digits import mlp_like, run
+    from mondeq_digits import compare, mlp_like
 except ImportError:  # run from the repository root
-    from examples.mondeq_digits import mlp_like, run
+    from examples.mondeq_digits import compare, mlp_like
 
 
 def conv_mondeq(filters=40):
@@ -63,27 +62,9 @@ def main():
     images = ((x_tr.reshape(-1, 1, 40, 1), y_tr), (x_te.reshape(-1, 1, 40, 1), y_te))
     flat = ((x_tr, y_tr), (x_te, y_te))
     label, build_deq = MODELS[args.model]
-    setups = {
-        label: (build_deq, images),
-        "MLP (same parameters)": (lambda: mlp_like(build_deq(), 40, 10), flat),
-    }
-    rows = {}
-    for name, (build, data) in setups.items():
-        runs = [run(build, data, s, args.epochs) for s in args.seeds]
-        print(name, [round(r["accuracy"], 4) for r in runs], flush=True)
-        acc = np.array([r["accuracy"] for r in runs]) * 100
-        rows[name] = {
-            "params": runs[0]["params"], "accuracy_mean": acc.mean(), "accuracy_sd": acc.std(),
-            "accuracies": acc.tolist(), "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
-            "fwd_iters": None if runs[0]["fwd_iters"] is None else float(np.mean([r["fwd_iters"] for r in runs])),
-            "bwd_iters": None if runs[0]["bwd_iters"] is None else float(np.mean([r["bwd_iters"] for r in runs])),
-        }
-    print(f"\nMNIST-1D, {args.epochs} epochs, Adam 1e-3 constant, batch 64, seeds {args.seeds}\n")
-    print(f"{'model':<24}{'params':>8}{'test accuracy':>20}{'fwd it':>8}{'bwd it':>8}{'s/epoch':>9}")
-    for name, r in rows.items():
-        its = (f"{r['fwd_iters']:>8.1f}{r['bwd_iters']:>8.1f}" if r["fwd_iters"] is not None else f"{'-':>8}{'-':>8}")
-        print(f"{name:<24}{r['params']:>8}{r['accuracy_mean']:>12.2f} +- {r['accuracy_sd']:.2f} %{its}"
-              f"{r['seconds_per_epoch']:>9.2f}")
+    builders = {label: build_deq, "MLP (same parameters)": lambda: mlp_like(build_deq(), 40, 10)}
+    data = {label: images, "MLP (same parameters)": flat}
+    rows = compare(builders, data, args.seeds, args.epochs, f"MNIST-1D, {args.epochs} epochs")
     out = os.path.join(os.path.dirname(__file__), "output", f"mondeq_mnist1d_{args.model}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:

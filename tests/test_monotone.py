@@ -30,6 +30,21 @@ def _x(seed=1):
     return tf.constant(np.random.default_rng(seed).standard_normal((B, D)))
 
 
+def _check_fd(layer, loss_of, grads, seed, h=1e-6):
+    """Central differences of `loss_of()` along a random direction of each trainable variable."""
+    rng = np.random.default_rng(seed)
+    for var, g in zip(layer.trainable_variables, grads):
+        v = rng.standard_normal(var.shape)
+        base = var.numpy()
+        vals = []
+        for sign in (1, -1):
+            var.assign(base + sign * h * v)
+            vals.append(loss_of())
+        var.assign(base)
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+
+
 @pytest.mark.parametrize("weight_normalization", [False, True])
 @pytest.mark.parametrize("m", [0.1, 1.0, 3.0])
 def test_monotonicity_of_the_parameterization(m, weight_normalization):
@@ -111,20 +126,7 @@ def test_backward_equals_dense_adjoint_and_finite_differences(solver, backward):
         c = np.linalg.solve((np.eye(N) - j @ w).T, dz[i])
         gx[i] = u @ (j @ c)
     np.testing.assert_allclose(grads[0].numpy(), gx, rtol=1e-7, atol=1e-10)
-    # finite differences on A (through W) and on x
-    h = 1e-6
-    rng = np.random.default_rng(4)
-    for var, g in zip(layer.trainable_variables, grads[1:]):
-        v = rng.standard_normal(var.shape)
-        base = var.numpy()
-        vals = []
-        for sign in (1, -1):
-            var.assign(base + sign * h * v)
-            zz, _ = layer(x)
-            vals.append(float(tf.reduce_sum(tf.sin(zz) * r)))
-        var.assign(base)
-        fd = (vals[0] - vals[1]) / (2 * h)
-        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+    _check_fd(layer, lambda: float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)), grads[1:], seed=4)
 
 
 def test_splitting_backward_matches_generic_anderson_backward():
@@ -319,19 +321,7 @@ def test_conv_backward_equals_dense_adjoint_and_finite_differences():
         gb += (jac @ c).reshape(6, 6, 3).sum((0, 1))
     bias_grad = grads[1 + [v.name for v in layer.trainable_variables].index("bias")]
     np.testing.assert_allclose(bias_grad.numpy(), gb, rtol=1e-8)
-    h = 1e-6
-    rng = np.random.default_rng(5)
-    for var, g in zip(layer.trainable_variables, grads[1:]):
-        v = rng.standard_normal(var.shape)
-        base = var.numpy()
-        vals = []
-        for sign in (1, -1):
-            var.assign(base + sign * h * v)
-            zz, _ = layer(x)
-            vals.append(float(tf.reduce_sum(tf.sin(zz) * r)))
-        var.assign(base)
-        fd = (vals[0] - vals[1]) / (2 * h)
-        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+    _check_fd(layer, lambda: float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)), grads[1:], seed=5)
 
 
 def test_conv_keras_round_trip(tmp_path):
@@ -429,18 +419,7 @@ def test_multiscale_equilibrium_and_gradients():
         gb += (jac @ c)[:8 * 8 * 2].reshape(8, 8, 2).sum((0, 1))
     names = [v.name for v in layer.trainable_variables]
     np.testing.assert_allclose(grads[1 + names.index("bias")].numpy(), gb, rtol=1e-7)
-    h = 1e-6
-    rng = np.random.default_rng(6)
-    for var, g in zip(layer.trainable_variables, grads[1:]):
-        v = rng.standard_normal(var.shape)
-        base = var.numpy()
-        vals = []
-        for sign in (1, -1):
-            var.assign(base + sign * h * v)
-            vals.append(float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)))
-        var.assign(base)
-        fd = (vals[0] - vals[1]) / (2 * h)
-        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
+    _check_fd(layer, lambda: float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)), grads[1:], seed=6)
 
 
 def test_multiscale_round_trip_and_bad_input(tmp_path):
