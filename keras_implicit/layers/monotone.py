@@ -155,8 +155,30 @@ class MonotoneCell(keras.layers.Layer):
         }
 
 
+def _inject(x, kernel, bias, padding):
+    """`U x + b`: a "SAME" convolution of the input, zero-padded to the state's grid."""
+    ph, pw = padding
+    if ph or pw:
+        x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    return tf.nn.conv2d(x, kernel, 1, "SAME") + bias
+
+
+class _BorderMasked:
+    """The activation's prox with a border held at zero (`self.border_mask`).
+
+    Still a proximal operator (of f plus the indicator of "border = 0"), whose
+    derivative is zero on the border.
+    """
+
+    def prox(self, v, alpha):
+        return self.activation.prox(v, alpha) * self.border_mask
+
+    def derivative(self, z):
+        return self.activation.derivative(z) * self.border_mask
+
+
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneConvCell(MonotoneCell):
+class MonotoneConvCell(_BorderMasked, MonotoneCell):
     """The convolutional monDEQ cell (see `MonotoneConv2D`) on `[H, W, C]` states.
 
     Its state shape follows its input: `compute_state_shape(x_shape)` gives
@@ -230,10 +252,7 @@ class MonotoneConvCell(MonotoneCell):
         return self.operator().to_dense()
 
     def input_injection(self, x):
-        ph, pw = self.padding
-        if ph or pw:
-            x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-        return tf.nn.conv2d(x, self.kernel, 1, "SAME") + self.bias
+        return _inject(x, self.kernel, self.bias, self.padding)
 
     def _flat(self, t):
         h, w = self.spatial
@@ -243,13 +262,6 @@ class MonotoneConvCell(MonotoneCell):
         h, w = self.spatial
         return tf.reshape(t, [-1, h, w, self.filters])
 
-    def prox(self, v, alpha):
-        # relu's prox with the border held at zero: still a prox (of f plus the
-        # indicator of "border = 0"), whose derivative is zero on the border.
-        return self.activation.prox(v, alpha) * self.border_mask
-
-    def derivative(self, z):
-        return self.activation.derivative(z) * self.border_mask
 
     def compute_output_shape(self, z_shape, x_shape=None):
         return tuple(z_shape)
@@ -270,7 +282,7 @@ def _pair(value, name, check):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneMultiscaleCell(MonotoneCell):
+class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
     """The multi-tier monDEQ cell (see `MonotoneMultiscale`); its state is flat `[batch, n]`."""
 
     def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu", padding=1,
@@ -361,21 +373,13 @@ class MonotoneMultiscaleCell(MonotoneCell):
         return self.operator().to_dense()
 
     def input_injection(self, x):
-        ph, pw = self.padding
-        if ph or pw:
-            x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-        first = tf.nn.conv2d(x, self.kernel, 1, "SAME") + self.bias
+        first = _inject(x, self.kernel, self.bias, self.padding)
         first = tf.reshape(first, [-1, int(np.prod(self.shapes[0]))])
         rest = sum(h * w * c for h, w, c in self.shapes[1:])
         if not rest:
             return first
         return tf.concat([first, tf.zeros([tf.shape(x)[0], rest], first.dtype)], axis=1)
 
-    def prox(self, v, alpha):
-        return self.activation.prox(v, alpha) * self.border_mask
-
-    def derivative(self, z):
-        return self.activation.derivative(z) * self.border_mask
 
     def split_tiers(self, z):
         """The flat state as a list of tier images `[batch, H_i, W_i, c_i]`."""
