@@ -35,21 +35,30 @@ class SolveSpec:
         """
         structure = None
         if getattr(self.solver, "needs_structure", False):
-            builder = getattr(f, "splitting_problem", None)
-            if builder is None:
-                raise ValueError(
-                    f"The solver {self.solver.name!r} works on the structure "
-                    "z = prox(W z + b) and needs a cell that provides it (e.g. "
-                    "MonotoneDense's); use 'anderson', 'broyden' or 'fixed_point' "
-                    f"for a general cell. Received: solver={self.solver!r}, f={f!r}"
-                )
-            structure = builder(*args)
+            structure = self.structure_of(f, "splitting_problem", *args)
             try:  # the backward pass of the same call may reuse its resolvent
                 f.last_problem = structure
             except AttributeError:
                 pass
+        return self.loop(lambda z: f(z, *args), z0, structure)
+
+    def structure_of(self, f, method, *args):
+        """`f.<method>(*args)`: the structure a splitting solver works on."""
+        builder = getattr(f, method, None)
+        if builder is None:
+            raise ValueError(
+                f"The solver {self.solver.name!r} works on the structure z = prox(W z + b) "
+                f"and needs a cell that provides `{method}` (e.g. MonotoneDense's); use "
+                "'anderson', 'broyden' or 'fixed_point' (or Implicit(solver='anderson')) "
+                f"for a general cell. Received: solver={self.solver!r}, f={f!r}"
+            )
+        return builder(*args)
+
+    def loop(self, f, z0, structure=None):
+        """The driver's loop on `z = f(z)`; compiled with XLA when allowed and
+        no tape records (a recorded loop may be differentiated)."""
         return solve(
-            lambda z: f(z, *args), z0, self.solver, self.tol, self.max_iter, self.stop_mode,
+            f, z0, self.solver, self.tol, self.max_iter, self.stop_mode,
             structure=structure, jit_loop=self.jit_loop and not could_possibly_record(),
         )
 

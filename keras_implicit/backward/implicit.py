@@ -3,8 +3,8 @@
 import tensorflow as tf
 
 from keras_implicit import solvers as solvers_lib
-from keras_implicit.backward.base import BackwardMode, SolveSpec, could_possibly_record, stop_recording
-from keras_implicit.solvers.base import check_tol_and_max_iter, solve
+from keras_implicit.backward.base import BackwardMode, SolveSpec, stop_recording
+from keras_implicit.solvers.base import check_tol_and_max_iter
 
 
 def _is_float(t):
@@ -65,16 +65,8 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=()):
     if getattr(spec.solver, "needs_structure", False):
         # Operator splitting on the transposed problem (e.g. monDEQ's
         # Theorem 3 form); the cell maps its solution to the adjoint c.
-        builder = getattr(f, "adjoint_splitting_problem", None)
-        if builder is None:
-            raise ValueError(
-                f"The adjoint solver {spec.solver.name!r} needs a cell that provides "
-                "`adjoint_splitting_problem`; use Implicit(solver='anderson') for a "
-                f"general cell. Received: f={f!r}"
-            )
-        problem, y0, finish = builder(z_star, dz, *args)
-        y, info = solve(lambda y: y, y0, spec.solver, spec.tol, spec.max_iter, spec.stop_mode,
-                        structure=problem, jit_loop=spec.jit_loop and not could_possibly_record())
+        problem, y0, finish = spec.structure_of(f, "adjoint_splitting_problem", z_star, dz, *args)
+        y, info = spec.loop(lambda y: y, y0, problem)
         c = finish(y)
     else:
         c, info = spec.run(adjoint_map, dz)
