@@ -19,6 +19,12 @@ import tensorflow as tf
 
 from keras_implicit import info as info_lib
 
+try:  # a tape watching the loop (Unrolled) needs the residuals cut off
+    from tensorflow.python.eager.record import could_possibly_record
+except ImportError:  # pragma: no cover - private TensorFlow API moved
+    def could_possibly_record():
+        return True
+
 STOP_MODES = ("abs", "rel")
 # Guards the relative residual ||diff|| / (||ref|| + eps) against ref = 0.
 REL_EPS = 1e-6
@@ -128,8 +134,9 @@ class Packer:
         return tf.nest.pack_sequence_as(self.structure, leaves)
 
 
-def _norm(x):
-    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=1))
+def _sq_norm(x):
+    """Per-sample squared 2-norm, shape `[batch, 1]`."""
+    return tf.reduce_sum(tf.square(x), axis=1, keepdims=True)
 
 
 def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10,
@@ -163,12 +170,19 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     The loop is differentiable (the `Unrolled` backward mode backpropagates
     through it); shapes and dtypes of the loop state never change, so it
     compiles with XLA.
+
+    Outside XLA every op of the loop body costs a few microseconds of
+    executor time whatever its size, so the bookkeeping is kept to a handful
+    of ops per iteration: squared residuals (the square root is taken once,
+    after the loop), `[batch, 1]` shapes that broadcast without reshapes, the
+    trace written into a `TensorArray`, and no iteration test in `cond`
+    (`maximum_iterations` already bounds the loop).
     """
     packer = Packer(z0)
     z0_flat = packer.pack(z0)
     dtype = z0_flat.dtype
     max_iter = int(max_iter)
-    tol_t = tf.constant(tol, dtype)
+    tol_sq = tf.constant(float(tol) ** 2, dtype)
 
     def F(z_flat):
         return packer.pack(f(packer.unpack(z_flat)))
@@ -177,35 +191,38 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     F.packer = packer
 
     batch = tf.shape(z0_flat)[0]
-    inf = tf.fill([batch], tf.constant(float("inf"), dtype))
+    inf = tf.fill(tf.stack([batch, 1]), tf.constant(float("inf"), dtype))
     state0 = solver.init(F, z0_flat)
+    # The residuals steer the loop and never carry gradients; the stop is
+    # only needed where a tape could record the loop (the Unrolled mode).
+    stop = tf.stop_gradient if could_possibly_record() else (lambda t: t)
 
     def measure(diff, ref):
-        res = _norm(diff)
+        res = _sq_norm(diff)
         if stop_mode == "rel":
-            res = res / (_norm(ref) + REL_EPS)
-        return res
+            res = res / tf.square(tf.sqrt(_sq_norm(ref)) + REL_EPS)
+        return stop(res)
 
-    def cond(k, z, state, best_z, best_res, bad, trace):
-        done = (best_res <= tol_t) | bad
-        return (k < max_iter) & tf.logical_not(tf.reduce_all(done))
+    def cond(k, z, state, best_z, best_res, ok, trace):
+        # Go on while some sample is neither converged nor broken.
+        return tf.reduce_any(ok & (best_res > tol_sq))
 
-    def body(k, z, state, best_z, best_res, bad, trace):
+    def body(k, z, state, best_z, best_res, ok, trace):
         z_next, state, cand, diff, ref = solver.step(F, z, state, k)
         # Loop variables keep their static shapes (reshapes inside a solver or
         # an operator may lose them).
-        z_next = tf.ensure_shape(z_next, z.shape)
-        cand = tf.ensure_shape(cand, z.shape)
-        # Residuals steer the loop; they never carry gradients.
-        res = tf.stop_gradient(measure(diff, ref))
+        if z_next.shape != z.shape:
+            z_next = tf.ensure_shape(z_next, z.shape)
+        if cand.shape != z.shape:
+            cand = tf.ensure_shape(cand, z.shape)
+        res = measure(diff, ref)
         finite = tf.math.is_finite(res)
-        better = finite & (res < best_res)
-        best_z = tf.where(better[:, None], cand, best_z)
+        better = res < best_res  # false for NaN
+        best_z = tf.where(better, cand, best_z)
         best_res = tf.where(better, res, best_res)
-        bad = bad | tf.logical_not(finite)
-        worst = tf.reduce_max(tf.where(finite, res, tf.zeros_like(res)))
-        trace = trace + tf.one_hot(k, max_iter, dtype=dtype) * worst
-        return k + 1, z_next, state, best_z, best_res, bad, trace
+        ok = ok & finite
+        trace = trace.write(k, tf.reduce_max(tf.where(finite, res, tf.zeros_like(res))))
+        return k + 1, z_next, state, best_z, best_res, ok, trace
 
     loop_vars = (
         tf.constant(0, tf.int32),
@@ -213,31 +230,38 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         state0,
         z0_flat,
         inf,
-        tf.zeros([batch], tf.bool),
-        tf.zeros([max_iter], dtype),
+        tf.ones(tf.stack([batch, 1]), tf.bool),
     )
+
     def run_loop(*flat_vars):
-        return tf.while_loop(
+        trace = tf.TensorArray(dtype, size=max_iter, element_shape=[])
+        out = tf.while_loop(
             cond,
             body,
-            tf.nest.pack_sequence_as(loop_vars, list(flat_vars)),
+            tf.nest.pack_sequence_as(loop_vars, list(flat_vars)) + (trace,),
             maximum_iterations=max_iter,
             parallel_iterations=parallel_iterations,
         )
+        return tf.nest.flatten(out[:-1]) + [out[-1].stack()]
 
+    flat_vars = tf.nest.flatten(loop_vars)
     if jit_loop and solver.compile_loop and not tf.executing_eagerly():
-        out = tf.function(run_loop, jit_compile=True, autograph=False)(*tf.nest.flatten(loop_vars))
-        out = tf.nest.pack_sequence_as(loop_vars, tf.nest.flatten(out))
+        out = tf.function(run_loop, jit_compile=True, autograph=False)(*flat_vars)
     else:
-        out = run_loop(*tf.nest.flatten(loop_vars))
-    k, _, _, best_z, best_res, bad, trace = out
-    converged = best_res <= tol_t
+        out = run_loop(*flat_vars)
+    k, _, _, best_z, best_res, ok = tf.nest.pack_sequence_as(loop_vars, list(out[:-1]))
+    trace = out[-1]
+    best_res = tf.sqrt(best_res[:, 0])
+    bad = tf.logical_not(ok[:, 0])
+    converged = best_res <= tf.constant(tol, dtype)
     status = tf.where(
         tf.reduce_any(bad),
         info_lib.NON_FINITE,
         tf.where(tf.reduce_all(converged), info_lib.CONVERGED, info_lib.MAX_ITER_REACHED),
     )
-    # Pad the trace after the last iteration with its last value.
+    # Unwritten entries of the trace read as zero; pad after the last
+    # iteration with its last value.
+    trace = tf.sqrt(trace)
     idx = tf.range(max_iter)
     last = tf.gather(trace, tf.maximum(k - 1, 0))
     trace = tf.where(idx < k, trace, last)

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from keras_implicit.solvers.anderson import check_memory
-from keras_implicit.solvers.base import Solver
+from keras_implicit.solvers.base import Solver, _sq_norm
 
 
 class Broyden(Solver):
@@ -42,58 +42,67 @@ class Broyden(Solver):
         batch, n = tf.shape(z)[0], tf.shape(z)[1]
         hist = tf.zeros(tf.stack([batch, self.memory, n]), z.dtype)
         zeros = tf.zeros_like(z)
-        return (hist, hist, zeros, zeros, zeros)
+        # `count` valid pairs; a restart only resets it (no buffer clearing).
+        return (hist, hist, tf.constant(0, tf.int32), zeros, zeros, zeros)
+
+    # The products with the `[batch, memory, n]` history are written as
+    # broadcast multiplies and sums rather than batched matrix-vector
+    # products: XLA on CPU fuses the former and runs the latter as one small
+    # matrix call per sample (measured 1.2x faster per iteration here).
+    @staticmethod
+    def _apply(us, vs, mask, x):
+        """H x with H = -I + sum_{i < count} u_i v_i^T."""
+        coef = tf.reduce_sum(vs * x[:, None, :], axis=2) * mask
+        return -x + tf.reduce_sum(us * coef[:, :, None], axis=1)
 
     @staticmethod
-    def _apply(us, vs, x):
-        """H x with H = -I + sum u_i v_i^T."""
-        return -x + tf.linalg.matvec(us, tf.linalg.matvec(vs, x), transpose_a=True)
-
-    @staticmethod
-    def _apply_t(us, vs, x):
+    def _apply_t(us, vs, mask, x):
         """H^T x."""
-        return -x + tf.linalg.matvec(vs, tf.linalg.matvec(us, x), transpose_a=True)
+        coef = tf.reduce_sum(us * x[:, None, :], axis=2) * mask
+        return -x + tf.reduce_sum(vs * coef[:, :, None], axis=1)
 
     def step(self, F, z, state, k):
         # hg_prev = H g_prev with the current H (the one the previous step used).
-        us, vs, z_prev, g_prev, hg_prev = state
+        us, vs, count, z_prev, g_prev, hg_prev = state
         dtype = z.dtype
+        mask = tf.cast(tf.range(self.memory) < count, dtype)[None, :]
         fz = F(z)
         g = fz - z
-        hg = self._apply(us, vs, g)
+        hg = self._apply(us, vs, mask, g)
         # Rank-one update from the previous step (none at k = 0):
         # H dg = H g - H g_prev costs no further products.
         dz = z - z_prev
         h_dg = hg - hg_prev
         denom = tf.reduce_sum(dz * h_dg, axis=1, keepdims=True)
         eps = tf.constant(1e-12 if dtype == tf.float64 else 1e-7, dtype)
-        scale = tf.norm(dz, axis=1, keepdims=True) * tf.norm(h_dg, axis=1, keepdims=True)
-        use = (k > 0) & (tf.abs(denom) > eps * scale) & tf.math.is_finite(denom)
+        # |dz . H dg| > eps ||dz|| ||H dg||, in squares.
+        scale_sq = _sq_norm(dz) * _sq_norm(h_dg)
+        use = (k > 0) & (tf.square(denom) > tf.square(eps) * scale_sq) & tf.math.is_finite(denom)
         safe = tf.where(use, denom, tf.ones_like(denom))
         u = tf.where(use, (dz - h_dg) / safe, tf.zeros_like(dz))
-        v = tf.where(use, self._apply_t(us, vs, dz), tf.zeros_like(dz))
-        # Write into slot (k - 1) mod memory for samples whose update is usable.
-        # When the memory is full, restart from H = -I (clear every pair)
+        v = tf.where(use, self._apply_t(us, vs, mask, dz), tf.zeros_like(dz))
+        # When the memory is full, restart from H = -I (drop every pair)
         # rather than drop the oldest one: dropping a pair breaks the secant
         # conditions of the later ones and stalls the method near convergence.
-        slot = tf.math.floormod(tf.maximum(k - 1, 0), self.memory)
+        # A sample that skips its update stores a zero pair (a no-op).
+        restart = count >= self.memory
+        slot = tf.where(restart, 0, count)
         sel = tf.reshape(tf.equal(tf.range(self.memory), slot), [1, self.memory, 1])
-        use3 = use[:, :, None]
-        restart = (slot == 0) & (k > 1) & use3
-        us = tf.where(sel & use3, u[:, None, :], tf.where(restart, tf.zeros_like(us), us))
-        vs = tf.where(sel & use3, v[:, None, :], tf.where(restart, tf.zeros_like(vs), vs))
+        us = tf.where(sel, u[:, None, :], us)
+        vs = tf.where(sel, v[:, None, :], vs)
+        count = tf.where(k > 0, slot + 1, 0)
         # H_new g = H_old g + u (v . g), or -g + u (v . g) after a restart.
         vg = tf.reduce_sum(v * g, axis=1, keepdims=True)
-        hg = tf.where(restart[:, 0, :], -g, hg) + u * vg
-        step = -hg
+        hg = tf.where(restart, -g, hg) + u * vg
         # Safeguard: a step that is not finite or absurdly long compared with
         # the residual (a near-breakdown update at the rounding floor) is
         # replaced by the plain iteration step.
-        step_norm = tf.norm(step, axis=1, keepdims=True)
-        g_norm = tf.norm(g, axis=1, keepdims=True)
-        ok = tf.math.is_finite(step_norm) & (step_norm <= self.max_step_ratio * g_norm + eps)
-        z_next = tf.where(ok, z + step, fz)
-        return z_next, (us, vs, z, g, hg), z, g, fz
+        step_sq = _sq_norm(hg)
+        ok = tf.math.is_finite(step_sq) & (
+            step_sq <= self.max_step_ratio**2 * _sq_norm(g) + tf.square(eps)
+        )
+        z_next = tf.where(ok, z - hg, fz)
+        return z_next, (us, vs, count, z, g, hg), z, g, fz
 
     def get_config(self):
         return {"memory": self.memory}
