@@ -16,9 +16,8 @@ configuration alike, and reported as ratios:
   torchdeq, as our time / torchdeq time.
 
 Each timed call directly follows an untimed call of the same configuration, as
-steps follow each other in training. (An isolated call after the machine sat
-idle or ran another library is up to 2x slower here, most for the XLA-compiled
-loops: measured 33 vs 19 ms per Broyden step, whatever the pause.)
+steps follow each other in training. torchdeq is timed after ours in the same
+run (see `main` for why not interleaved).
 
 Run: python benchmarks/bench_core.py [--repeats 30] [--out benchmarks/results/bench_core.json]
 """
@@ -32,10 +31,6 @@ import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# torch's OpenMP threads spin for a while after each of its steps; a short pause
-# after every torch run (outside the timed region) keeps that spin from slowing
-# whatever is timed next, without changing torch's own threading.
-TORCH_PAUSE_S = 0.05
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -159,10 +154,28 @@ def peak_memory(params, x, r, solver, max_iter, backward):
     return statistics.median(peaks)
 
 
-def run_to_end(name, fn):
+def run_to_end(fn):
     out = fn()
-    if not name.startswith("torchdeq"):
-        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+    tf.nest.map_structure(lambda t: t.numpy() if isinstance(t, tf.Tensor) else t, out)
+
+
+def measure(runs, repeats):
+    """Median-ready timings: rounds in a fresh random order, so that machine
+    noise hits every configuration alike; each timed call directly follows an
+    untimed call of the same configuration, as steps follow each other in
+    training."""
+    times = {k: [] for k in runs}
+    for fn in runs.values():  # warm-up round
+        run_to_end(fn)
+    order = list(runs)
+    for _ in range(repeats):
+        random.shuffle(order)
+        for name in order:
+            run_to_end(runs[name])
+            t0 = time.perf_counter()
+            run_to_end(runs[name])
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main():
@@ -187,27 +200,17 @@ def main():
         _, fwd_it = step(x, r)  # trace
         iters[name] = (int(fwd_it), int(bwd.numpy()))
     runs["floor"] = (lambda fl: lambda: fl(x, r))(runs["floor"])
+    times = measure(runs, args.repeats)
+    # torchdeq runs after all of ours, not interleaved with them: once torch has
+    # run in the process, our XLA-compiled loops ran up to 2x slower in the
+    # following calls whatever the pause (Broyden 33-36 ms vs 17-19 ms), which
+    # measures the interaction of the two runtimes, not either library.
     torch_runs = {} if args.no_torch else torchdeq_steps()
     torch_iters = {}
     for name, fn in torch_runs.items():
         _, info = fn()
         torch_iters[name] = int(info["nstep"].max()) if "nstep" in info else None
-    all_runs = {**runs, **{f"torchdeq {k}": v for k, v in torch_runs.items()}}
-
-    times = {k: [] for k in all_runs}
-    for name, fn in all_runs.items():  # warm-up round
-        fn()
-    order = list(all_runs)
-    for _ in range(args.repeats):  # round-robin in a fresh random order: every configuration sees the same noise
-        random.shuffle(order)
-        for name in order:
-            fn = all_runs[name]
-            run_to_end(name, fn)  # untimed: the timed call follows a call, as in training
-            t0 = time.perf_counter()
-            run_to_end(name, fn)
-            times[name].append(time.perf_counter() - t0)
-            if name.startswith("torchdeq"):
-                time.sleep(TORCH_PAUSE_S)
+    times.update(measure({f"torchdeq {k}": v for k, v in torch_runs.items()}, args.repeats))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
     floor = med["floor"]

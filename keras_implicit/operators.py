@@ -437,3 +437,65 @@ def adjoint_prox(j, v):
         return (j * u + alpha * v) / (j + alpha * (1.0 - j))
 
     return prox
+
+
+def circular_conv(z, kernel):
+    """2-D cross-correlation with wrap-around (a circulant operator), "SAME" size.
+
+    `z`: `[batch, H, W, c_in]`; `kernel`: `[kh, kw, c_in, c_out]` with odd
+    sizes, centered as a "SAME" convolution.
+    """
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    if ph:
+        z = tf.concat([z[:, -ph:], z, z[:, :ph]], axis=1)
+    if pw:
+        z = tf.concat([z[:, :, -pw:], z, z[:, :, :pw]], axis=2)
+    return tf.nn.conv2d(z, kernel, 1, "VALID")
+
+
+def circular_conv_transpose(z, kernel):
+    """The adjoint of `circular_conv(., kernel)`: `[batch, H, W, c_out] -> [..., c_in]`.
+
+    For odd, centered kernels the adjoint of a circular cross-correlation is
+    the circular cross-correlation with the spatially flipped kernel and
+    swapped channels.
+    """
+    flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
+    return circular_conv(z, flipped)
+
+
+class FunctionOperator:
+    """A linear operator on `[batch, n]` given by its two products (matrix-free).
+
+    `multiply(z) = z W^T` and `multiply_transpose(z) = z W` for row vectors.
+    `to_dense` and `resolvent` form the `[n, n]` matrix by applying the
+    operator to the identity (for the modest `n` of small images); the
+    products themselves never do.
+    """
+
+    def __init__(self, multiply, multiply_transpose, size, dtype):
+        self._multiply = multiply
+        self._multiply_transpose = multiply_transpose
+        self._size = int(size)
+        self.dtype = tf.as_dtype(dtype)
+
+    @property
+    def size(self):
+        return self._size
+
+    def multiply(self, z):
+        return self._multiply(z)
+
+    def multiply_transpose(self, z):
+        return self._multiply_transpose(z)
+
+    def to_dense(self):
+        """`W` as an `[n, n]` matrix."""
+        return tf.transpose(self._multiply(tf.eye(self._size, dtype=self.dtype)))
+
+    def identity_minus_norm(self):
+        return DenseOperator(self.to_dense()).identity_minus_norm()
+
+    def resolvent(self, alpha):
+        return DenseOperator(self.to_dense()).resolvent(alpha)

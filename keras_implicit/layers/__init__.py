@@ -1,7 +1,9 @@
 """Keras layers: equilibrium cells, the forward/backward FPI layers and model families."""
 
 from keras_implicit.layers.cells import DenseCell
+from keras_implicit.layers.explicit import AOLDense, CPLDense, SandwichDense, SLLConv2D, SLLDense
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
+from keras_implicit.layers.lipschitz import LipschitzCell, LipschitzConv2D, LipschitzConvCell, LipschitzDense
 from keras_implicit.layers.monotone import (
     MonotoneCell,
     MonotoneConv2D,
@@ -13,14 +15,23 @@ from keras_implicit.layers.monotone import (
 )
 
 __all__ = [
+    "AOLDense",
     "BackwardFPI",
+    "CPLDense",
     "DenseCell",
     "ForwardFPI",
+    "LipschitzCell",
+    "LipschitzConv2D",
+    "LipschitzConvCell",
+    "LipschitzDense",
     "MonotoneCell",
     "MonotoneConv2D",
     "MonotoneConvCell",
     "MonotoneDense",
     "MonotoneMultiscale",
     "MonotoneMultiscaleCell",
+    "SLLConv2D",
+    "SLLDense",
+    "SandwichDense",
     "tune_alpha",
 ]

@@ -1,0 +1,539 @@
+"""Lipschitz-bounded equilibrium networks (LBEN; Revay, Wang & Manchester 2020).
+
+The model is `z = sigma(W z + U x + b_z)`, `y = W_o z + b_y` with `sigma`
+monotone and slope-restricted in `[0, 1]` (ReLU). With `Psi = diag(exp psi)`
+(the inverse of the IQC multiplier `Lambda`) and free `V`, `S`, `U`, `W_o`,
+`psi`, the direct parameterization
+
+    W = I - Psi ( W_o^T W_o / (2 gamma) + Psi^-1 U U^T Psi^-1 / (2 gamma)
+                  + V^T V + m I + S^T - S )
+
+gives, for every parameter value,
+
+    2 Lambda - Lambda W - W^T Lambda - (W_o^T W_o + Lambda U U^T Lambda) / gamma
+        = 2 (V^T V + m I)  >= 0,
+
+the Schur complement of the LBEN LMI, so `x -> y` is `gamma`-Lipschitz in
+the 2-norm and (for `m > 0`) the equilibrium is unique. Without the two
+Lipschitz terms and with `Psi = I` this is exactly monDEQ's
+`W = (1 - m) I - A^T A + B - B^T` with `A = V`, `B = S`.
+
+`Lambda (I - W)` is strongly monotone, so the equilibrium is the zero of a
+monotone operator in the `Lambda`-weighted inner product. The prox of a
+separable activation in a diagonal metric is the activation itself, and the
+splitting iterations do not depend on the metric, so Peaceman-Rachford and
+forward-backward apply unchanged (Theorem 3's backward too, in the
+`Psi`-weighted metric).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_implicit import prox as prox_lib
+from keras_implicit.layers.fpi import _info_spec
+from keras_implicit.layers.monotone import _LINEAR_INIT, MonotoneCell, _MonotoneLayer
+from keras_implicit.operators import DenseOperator, FunctionOperator, circular_conv, circular_conv_transpose
+
+METRICS = ("diagonal", "identity")
+CONV_METRICS = ("channel", "image", "full", "identity")
+
+
+def check_lipschitz(lipschitz):
+    if isinstance(lipschitz, bool) or not isinstance(lipschitz, (int, float)) or not lipschitz > 0:
+        raise ValueError(
+            f"`lipschitz` (the bound gamma) must be a positive number. Received: lipschitz={lipschitz!r}"
+        )
+    return float(lipschitz)
+
+
+def check_m_nonnegative(m):
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0:
+        raise ValueError(f"`m` must be a number >= 0. Received: m={m!r}")
+    return float(m)
+
+
+def check_activation(activation):
+    """A monotone activation with slopes in [0, 1], as a prox (LBEN's condition)."""
+    try:
+        return prox_lib.get(activation)
+    except ValueError:
+        raise ValueError(
+            "LBEN needs a monotone activation with slopes in [0, 1] (one of "
+            "'relu', 'leaky_relu', 'soft_threshold', 'identity', 'tanh'). "
+            f"Received: activation={activation!r}"
+        ) from None
+
+
+def lben_weight(v, s, psi=None, u=None, w_o=None, lipschitz=1.0, m=1.0):
+    """The LBEN matrix `W` from its free parameters (column-vector convention).
+
+    Args:
+        v, s: `[n, n]`.
+        psi: `[n]` log-metric (`Psi = diag(exp psi)`), or None for `Psi = I`.
+        u: `[n, d]` input matrix `U`, or None to drop its Lipschitz term.
+        w_o: `[p, n]` output matrix `W_o`, or None to drop its Lipschitz term.
+        lipschitz: `gamma`.
+        m: monotonicity margin.
+
+    Returns:
+        `W = I - Psi (W_o^T W_o / 2g + Psi^-1 U U^T Psi^-1 / 2g + V^T V + m I + S^T - S)`.
+    """
+    v = tf.convert_to_tensor(v)
+    n = v.shape[0]
+    eye = tf.eye(n, dtype=v.dtype)
+    h = tf.matmul(v, v, transpose_a=True) + m * eye + tf.transpose(s) - s
+    psi_vec = tf.ones([n], v.dtype) if psi is None else tf.exp(tf.convert_to_tensor(psi, v.dtype))
+    if w_o is not None:
+        h = h + tf.matmul(w_o, w_o, transpose_a=True) / (2.0 * lipschitz)
+    if u is not None:
+        pu = u / psi_vec[:, None]
+        h = h + tf.matmul(pu, pu, transpose_b=True) / (2.0 * lipschitz)
+    return eye - psi_vec[:, None] * h
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class LipschitzCell(MonotoneCell):
+    """The LBEN cell `f(z, x) = sigma(W z + U x + b)` with `W` from `lben_weight`.
+
+    It also owns the output map `y = W_o z + b_y` (`output_kernel` =
+    `W_o^T`, `output_bias`), since the bound is from input to output.
+
+    Args:
+        units: hidden width `n`.
+        output_units: output width `p`.
+        lipschitz: `gamma > 0`.
+        m: `>= 0`, default 1.0. `m = 0` keeps the bound but guarantees a
+            unique equilibrium only for structures that are feed-forward (as
+            `keras_implicit.lipschitz.to_lben` builds).
+        metric: "diagonal" (learned `psi`) or "identity" (`Psi = I`).
+        activation: monotone, slopes in [0, 1]; default "relu".
+        identity_units: the first `identity_units` units use the identity
+            instead of `activation` (slope 1, so the bound holds); used by
+            exact reparameterizations whose first block copies the input.
+    """
+
+    def __init__(self, units, output_units, lipschitz=1.0, m=1.0, metric="diagonal", activation="relu",
+                 identity_units=0, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        activation = check_activation(activation)
+        super().__init__(units, m=1.0, activation=activation, kernel_initializer=kernel_initializer,
+                         bias_initializer=bias_initializer, **kwargs)
+        self.m = check_m_nonnegative(m)
+        if isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1:
+            raise ValueError(f"`output_units` must be a positive integer. Received: output_units={output_units!r}")
+        self.output_units = output_units
+        self.lipschitz = check_lipschitz(lipschitz)
+        if metric not in METRICS:
+            raise ValueError(f"`metric` must be one of {METRICS}. Received: metric={metric!r}")
+        self.metric = metric
+        if (isinstance(identity_units, bool) or not isinstance(identity_units, int)
+                or not 0 <= identity_units <= units):
+            raise ValueError(
+                f"`identity_units` must be an integer in [0, units={units}]. Received: identity_units={identity_units!r}"
+            )
+        self.identity_units = identity_units
+
+    def build(self, z_shape, x_shape=None):
+        if x_shape is None or len(x_shape) != 2 or x_shape[-1] is None:
+            raise ValueError(
+                "LipschitzCell expects inputs of shape (batch, features). "
+                f"Received: x.shape={None if x_shape is None else tuple(x_shape)}"
+            )
+        n, p = self.units, self.output_units
+        init = self.kernel_initializer
+        self.V = self.add_weight(name="V", shape=(n, n), initializer=init)
+        self.S = self.add_weight(name="S", shape=(n, n), initializer=init)
+        self.kernel = self.add_weight(name="kernel", shape=(x_shape[-1], n), initializer=init)
+        self.bias = self.add_weight(name="bias", shape=(n,), initializer=self.bias_initializer)
+        self.output_kernel = self.add_weight(name="output_kernel", shape=(n, p), initializer=init)
+        self.output_bias = self.add_weight(name="output_bias", shape=(p,), initializer="zeros")
+        self.psi = None
+        if self.metric == "diagonal":
+            self.psi = self.add_weight(name="psi", shape=(n,), initializer="zeros")
+        mask = np.ones(n, np.float32)
+        mask[: self.identity_units] = 0.0
+        self._act_mask = mask  # 1 where the activation applies
+
+    def metric_diagonal(self):
+        """`Psi`'s diagonal, `exp(psi)` (ones for the identity metric)."""
+        if self.psi is None:
+            return tf.ones([self.units], self.compute_dtype)
+        return tf.exp(tf.convert_to_tensor(self.psi))
+
+    def implicit_weight(self):
+        return lben_weight(
+            self.V, self.S, None if self.psi is None else self.psi,
+            u=tf.transpose(self.kernel), w_o=tf.transpose(self.output_kernel),
+            lipschitz=self.lipschitz, m=self.m,
+        )
+
+    def operator(self):
+        return DenseOperator(self.implicit_weight())
+
+    def output(self, z):
+        return tf.matmul(z, self.output_kernel) + self.output_bias
+
+    def prox(self, v, alpha):
+        out = self.activation.prox(v, alpha)
+        if self.identity_units:
+            mask = tf.constant(self._act_mask, v.dtype)
+            out = mask * out + (1.0 - mask) * v
+        return out
+
+    def derivative(self, z):
+        d = self.activation.derivative(z)
+        if self.identity_units:
+            mask = tf.constant(self._act_mask, z.dtype)
+            d = mask * d + (1.0 - mask)
+        return d
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("weight_normalization", None)
+        config.update({
+            "output_units": self.output_units,
+            "lipschitz": self.lipschitz,
+            "metric": self.metric,
+            "identity_units": self.identity_units,
+        })
+        return config
+
+
+class _LipschitzLayer(_MonotoneLayer):
+    """What the LBEN layers share: the output map, the bound, the FB step."""
+
+    @property
+    def lipschitz(self):
+        return self.cell.lipschitz
+
+    def forward_backward_bound(self):
+        """Largest provably convergent forward-backward step in the `Lambda` metric.
+
+        With `T = Lambda^(1/2) (I - W) Lambda^(-1/2)`, `2 lambda_min(sym T) / ||T||_2^2`
+        (forms the dense `W`: small layers only).
+        """
+        w = self.cell.implicit_weight()
+        psi = tf.reshape(self.cell.metric_diagonal(), [-1])
+        scale = 1.0 / tf.sqrt(psi)  # Lambda^(1/2) = Psi^(-1/2)
+        t = scale[:, None] * (tf.eye(w.shape[0], dtype=w.dtype) - w) / scale[None, :]
+        mu = tf.reduce_min(tf.linalg.eigvalsh(0.5 * (t + tf.transpose(t))))
+        norm = tf.linalg.svd(t, compute_uv=False)[0]
+        return float(2.0 * mu / norm**2)
+
+    def _output(self, out):
+        if self.return_info:
+            return self.cell.output(out[0]), out[1]
+        return self.cell.output(out)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.cell.output_units)
+
+    def compute_output_spec(self, inputs, initial_state=None):
+        y = keras.KerasTensor((inputs.shape[0], self.cell.output_units), dtype=self.compute_dtype)
+        if not self.return_info:
+            return y
+        return y, _info_spec(inputs.shape[0], self.max_iter, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("weight_normalization", None)
+        cell = self.cell
+        config.update({"output_units": cell.output_units, "lipschitz": cell.lipschitz, "metric": cell.metric})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class LipschitzDense(_LipschitzLayer):
+    """A dense LBEN layer: `y = W_o z* + b_y`, `z* = sigma(W z* + U x + b)`, `gamma`-Lipschitz.
+
+    The map from the layer's input to its output is `lipschitz`-Lipschitz
+    in the 2-norm for every value of the weights (see the module docstring
+    for the parameterization), so a classifier built as
+    `Input -> LipschitzDense(width, n_classes)` has certified robustness
+    radii `margin / (sqrt(2) gamma)` (`keras_implicit.robustness`).
+
+    Args:
+        units: hidden width.
+        output_units: output width (e.g. the number of classes).
+        lipschitz: `gamma > 0`, default 1.0.
+        m: `>= 0`, default 1.0 (see `LipschitzCell`).
+        metric: "diagonal" (default, learned `Psi`) or "identity".
+        activation: default "relu"; must be monotone with slopes in [0, 1].
+        solver: default "peaceman_rachford" (any splitting or generic solver).
+        alpha: splitting step, default 1.0.
+        backward, tol, max_iter, stop_mode, return_info, on_failure,
+            track_metrics: as `MonotoneDense`.
+        identity_units: see `LipschitzCell`.
+        structure_mask: optional `[units, units]` 0/1 array; with
+            `structure_penalty > 0` the layer adds
+            `structure_penalty * sum(|W| * (1 - structure_mask))` to the
+            model's losses (an L1 penalty on the entries of `W` outside the
+            structure, to fine-tune a reparameterized explicit network
+            without losing its structure).
+        structure_penalty: float >= 0, default 0.
+
+    Weights: `V`, `S`, `kernel` (`U^T`), `bias`, `output_kernel` (`W_o^T`),
+    `output_bias`, `psi` (diagonal metric).
+
+    Example:
+
+    >>> import keras, keras_implicit as ki
+    >>> inputs = keras.Input((64,))
+    >>> logits = ki.layers.LipschitzDense(80, 10, lipschitz=1.0)(inputs)
+    >>> keras.Model(inputs, logits).output_shape
+    (None, 10)
+
+    Reference: Revay, Wang & Manchester, "Lipschitz bounded equilibrium
+    networks", arXiv 2010.01732.
+    """
+
+    def __init__(self, units, output_units, lipschitz=1.0, m=1.0, metric="diagonal", activation="relu",
+                 solver="peaceman_rachford", alpha=1.0, backward="implicit", tol=1e-4, max_iter=100,
+                 stop_mode="rel", identity_units=0, structure_mask=None, structure_penalty=0.0,
+                 return_info=False, on_failure="warn", track_metrics=True,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        kwargs.pop("cell", None)
+        cell = LipschitzCell(units, output_units, lipschitz=lipschitz, m=m, metric=metric,
+                             activation=activation, identity_units=identity_units,
+                             kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                             name="lipschitz_cell", dtype=kwargs.get("dtype"))
+        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
+                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
+                         track_metrics=track_metrics, **kwargs)
+        self.units = units
+        self.output_units = output_units
+        if isinstance(structure_penalty, bool) or not isinstance(structure_penalty, (int, float)) \
+                or not structure_penalty >= 0:
+            raise ValueError(
+                f"`structure_penalty` must be a number >= 0. Received: structure_penalty={structure_penalty!r}"
+            )
+        self.structure_penalty = float(structure_penalty)
+        self.structure_mask = None
+        if structure_mask is not None:
+            mask = np.asarray(structure_mask, dtype=np.float64)
+            if mask.shape != (units, units):
+                raise ValueError(
+                    f"`structure_mask` must have shape (units, units) = ({units}, {units}). "
+                    f"Received: structure_mask.shape={mask.shape}"
+                )
+            self.structure_mask = mask
+
+    def structure_loss(self):
+        """`sum |W_ij|` over the entries outside `structure_mask` (0 without a mask)."""
+        w = self.cell.implicit_weight()
+        if self.structure_mask is None:
+            return tf.zeros([], w.dtype)
+        outside = tf.constant(1.0 - self.structure_mask, w.dtype)
+        return tf.reduce_sum(tf.abs(w) * outside)
+
+    def call(self, inputs, initial_state=None):
+        out = super().call(inputs, initial_state)
+        if self.structure_mask is not None and self.structure_penalty > 0:
+            self.add_loss(self.structure_penalty * self.structure_loss())
+        return self._output(out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "units": self.units,
+            "identity_units": self.cell.identity_units,
+            "structure_mask": None if self.structure_mask is None else self.structure_mask.tolist(),
+            "structure_penalty": self.structure_penalty,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class LipschitzConvCell(MonotoneCell):
+    """The convolutional LBEN cell on `[H, W, C]` states (see `LipschitzConv2D`)."""
+
+    def __init__(self, filters, output_units, lipschitz=1.0, kernel_size=3, m=1.0, metric="channel", pool=2,
+                 activation="relu", kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        activation = check_activation(activation)
+        super().__init__(filters, m=1.0, activation=activation, kernel_initializer=kernel_initializer,
+                         bias_initializer=bias_initializer, **kwargs)
+        self.m = check_m_nonnegative(m)
+        if isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1:
+            raise ValueError(f"`output_units` must be a positive integer. Received: output_units={output_units!r}")
+        self.filters = filters
+        self.output_units = output_units
+        self.lipschitz = check_lipschitz(lipschitz)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"`kernel_size` must be an odd positive integer. Received: kernel_size={kernel_size!r}")
+        self.kernel_size = kernel_size
+        if metric not in CONV_METRICS:
+            raise ValueError(f"`metric` must be one of {CONV_METRICS}. Received: metric={metric!r}")
+        self.metric = metric
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"`pool` must be a positive integer. Received: pool={pool!r}")
+        self.pool = pool
+        self.state_size = None  # known from the input's shape
+
+    def compute_state_shape(self, x_shape):
+        if len(x_shape) != 4 or None in tuple(x_shape[1:]):
+            raise ValueError(
+                "LipschitzConv2D expects images (batch, height, width, channels) with known "
+                f"height, width and channels. Received: x.shape={tuple(x_shape)}"
+            )
+        if x_shape[1] % self.pool or x_shape[2] % self.pool:
+            raise ValueError(
+                f"The image height and width must be multiples of `pool`={self.pool}. "
+                f"Received: x.shape={tuple(x_shape)}"
+            )
+        return (x_shape[1], x_shape[2], self.filters)
+
+    def build(self, z_shape, x_shape=None):
+        h, w, c = self.compute_state_shape(x_shape)
+        self.spatial = (h, w)
+        k = self.kernel_size
+        init = self.kernel_initializer
+        self.V = self.add_weight(name="V", shape=(k, k, c, c), initializer=init)
+        self.S = self.add_weight(name="S", shape=(k, k, c, c), initializer=init)
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, x_shape[-1], c), initializer=init)
+        self.bias = self.add_weight(name="bias", shape=(c,), initializer=self.bias_initializer)
+        pooled = (h // self.pool) * (w // self.pool) * c
+        self.output_kernel = self.add_weight(name="output_kernel", shape=(pooled, self.output_units),
+                                             initializer=init)
+        self.output_bias = self.add_weight(name="output_bias", shape=(self.output_units,), initializer="zeros")
+        shapes = {"channel": (1, 1, c), "image": (h, w, 1), "full": (h, w, c)}
+        self.psi = None
+        if self.metric in shapes:
+            self.psi = self.add_weight(name="psi", shape=shapes[self.metric], initializer="zeros")
+
+    def metric_diagonal(self):
+        """`Psi` as an `[H, W, C]` field (ones for the identity metric)."""
+        h, w = self.spatial
+        ones = tf.ones([h, w, self.filters], self.compute_dtype)
+        if self.psi is None:
+            return ones
+        return ones * tf.exp(tf.convert_to_tensor(self.psi))
+
+    def _pool(self, z):
+        p = self.pool
+        pooled = tf.nn.avg_pool2d(z, p, p, "VALID") if p > 1 else z
+        return tf.reshape(pooled, [tf.shape(z)[0], -1])
+
+    def _pool_transpose(self, g):
+        h, w = self.spatial
+        p = self.pool
+        g = tf.reshape(g, [-1, h // p, w // p, self.filters])
+        if p > 1:
+            g = tf.repeat(tf.repeat(g, p, axis=1), p, axis=2) / float(p * p)
+        return g
+
+    def _image_operator(self, transpose):
+        """`W` (or `W^T`) on `[batch, H, W, C]` images, matrix-free."""
+        v, s, u = (tf.convert_to_tensor(t) for t in (self.V, self.S, self.kernel))
+        ko = tf.convert_to_tensor(self.output_kernel)
+        psi = self.metric_diagonal()
+        half_g = 0.5 / self.lipschitz
+
+        def h_apply(z, skew_sign):
+            # (W_o^T W_o / 2g + V^T V + m I +- (S^T - S)) z
+            out = half_g * self._pool_transpose(tf.matmul(tf.matmul(self._pool(z), ko), ko, transpose_b=True))
+            out += circular_conv_transpose(circular_conv(z, v), v) + self.m * z
+            return out + skew_sign * (circular_conv_transpose(z, s) - circular_conv(z, s))
+
+        def uut(z):
+            return circular_conv(circular_conv_transpose(z, u), u)
+
+        if not transpose:
+            return lambda z: z - psi * h_apply(z, 1.0) - half_g * uut(z / psi)
+        return lambda g: g - h_apply(psi * g, -1.0) - half_g * uut(g) / psi
+
+    def operator(self):
+        forward, backward = self._image_operator(False), self._image_operator(True)
+        h, w = self.spatial
+        n = h * w * self.filters
+        return FunctionOperator(
+            lambda z: self._flat(forward(self._unflat(z, None))),
+            lambda z: self._flat(backward(self._unflat(z, None))),
+            n, self.compute_dtype,
+        )
+
+    def implicit_weight(self):
+        """`W` as a dense `[n, n]` matrix (n = H W C; for inspection and tests)."""
+        return self.operator().to_dense()
+
+    def input_injection(self, x):
+        return circular_conv(x, self.kernel) + self.bias
+
+    def output(self, z):
+        return tf.matmul(self._pool(z), self.output_kernel) + self.output_bias
+
+    def _flat(self, t):
+        h, w = self.spatial
+        return tf.reshape(t, [-1, h * w * self.filters])
+
+    def _unflat(self, t, like):
+        h, w = self.spatial
+        return tf.reshape(t, [-1, h, w, self.filters])
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("units")
+        config.pop("weight_normalization", None)
+        config.update({"filters": self.filters, "output_units": self.output_units, "lipschitz": self.lipschitz,
+                       "kernel_size": self.kernel_size, "metric": self.metric, "pool": self.pool})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class LipschitzConv2D(_LipschitzLayer):
+    """A convolutional LBEN layer from images to `output_units` outputs, `gamma`-Lipschitz.
+
+    `V`, `S` and `U` are 2-D convolutions applied with wrap-around
+    (circulant operators, whose adjoints are convolutions too), `W_o` is a
+    dense map after `pool x pool` average pooling, and `Psi` is shared per
+    channel (`metric="channel"`), per pixel (`"image"`), per entry
+    (`"full"`) or the identity, as in the authors' code. `W` follows the
+    parameterization of `LipschitzDense` with these operators, so the map
+    from image to output is `lipschitz`-Lipschitz for every weight value.
+
+    The products with `W` are matrix-free; Peaceman-Rachford (the default)
+    forms the dense `n x n` resolvent (`n = H W filters`) once per call,
+    which suits small images such as 8x8 digits. For larger images use
+    `solver="forward_backward"` with `alpha <= layer.forward_backward_bound()`.
+
+    Args:
+        filters: channels of the state.
+        output_units: output width.
+        lipschitz: `gamma > 0`, default 1.0.
+        kernel_size: odd int, default 3.
+        m: `>= 0`, default 1.0.
+        metric: "channel" (default), "image", "full" or "identity".
+        pool: average-pooling factor before the output map, default 2
+            (the image sides must be multiples of it).
+        activation, solver, alpha, backward, tol, max_iter, stop_mode,
+            return_info, on_failure, track_metrics: as `LipschitzDense`.
+
+    Call arguments:
+        inputs: images `[batch, H, W, C_in]`.
+
+    Returns:
+        `[batch, output_units]`.
+    """
+
+    def __init__(self, filters, output_units, lipschitz=1.0, kernel_size=3, m=1.0, metric="channel", pool=2,
+                 activation="relu", solver="peaceman_rachford", alpha=1.0, backward="implicit", tol=1e-4,
+                 max_iter=100, stop_mode="rel", return_info=False, on_failure="warn", track_metrics=True,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        kwargs.pop("cell", None)
+        cell = LipschitzConvCell(filters, output_units, lipschitz=lipschitz, kernel_size=kernel_size, m=m,
+                                 metric=metric, pool=pool, activation=activation,
+                                 kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                                 name="lipschitz_conv_cell", dtype=kwargs.get("dtype"))
+        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
+                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
+                         track_metrics=track_metrics, **kwargs)
+
+    def call(self, inputs, initial_state=None):
+        return self._output(super().call(inputs, initial_state))
+
+    def get_config(self):
+        cell = self.cell
+        return {**super().get_config(), "filters": cell.filters, "kernel_size": cell.kernel_size,
+                "pool": cell.pool}
+
+
+__all__ = ["LipschitzCell", "LipschitzConv2D", "LipschitzConvCell", "LipschitzDense", "lben_weight"]
