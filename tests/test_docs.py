@@ -14,6 +14,8 @@ MODULES = [
     "keras_implicit.layers.explicit",
     "keras_implicit.lipschitz",
     "keras_implicit.robustness",
+    "keras_implicit.autodiff",
+    "keras_implicit.layers.fpi_models",
 ]
 
 

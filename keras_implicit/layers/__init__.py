@@ -3,6 +3,13 @@
 from keras_implicit.layers.cells import DenseCell
 from keras_implicit.layers.explicit import AOLDense, CPLDense, SandwichDense, SLLConv2D, SLLDense
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
+from keras_implicit.layers.fpi_models import (
+    EnergyDescentCell,
+    FPIGradientDescent,
+    FPINetwork,
+    FPINetworkCell,
+    ReLUEnergy,
+)
 from keras_implicit.layers.lipschitz import LipschitzCell, LipschitzConv2D, LipschitzConvCell, LipschitzDense
 from keras_implicit.layers.monotone import (
     MonotoneCell,
@@ -19,6 +26,10 @@ __all__ = [
     "BackwardFPI",
     "CPLDense",
     "DenseCell",
+    "EnergyDescentCell",
+    "FPIGradientDescent",
+    "FPINetwork",
+    "FPINetworkCell",
     "ForwardFPI",
     "LipschitzCell",
     "LipschitzConv2D",
@@ -30,6 +41,7 @@ __all__ = [
     "MonotoneDense",
     "MonotoneMultiscale",
     "MonotoneMultiscaleCell",
+    "ReLUEnergy",
     "SLLConv2D",
     "SLLDense",
     "SandwichDense",

@@ -225,6 +225,12 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
                     f"`initial_state` must have shape (batch, *{self.state_shape}). "
                     f"Received: initial_state.shape={tuple(z0.shape)}"
                 )
+            batch = tf.nest.flatten(inputs)[0].shape[0]
+            if batch is not None and z0.shape[0] is not None and batch != z0.shape[0]:
+                raise ValueError(
+                    "`initial_state` and the inputs must have the same batch size. Received: "
+                    f"initial_state.shape={tuple(z0.shape)}, inputs shape={tuple(tf.nest.flatten(inputs)[0].shape)}"
+                )
         return fixed_point(
             cell_function(self.cell),
             z0,
