@@ -173,7 +173,7 @@ def main():
             import torch
 
             tx, ty = torch.tensor(x.numpy()), torch.tensor(y.numpy())
-            runs[f"d={d} torch PR tol 0.01"] = (lambda t, tx, ty: lambda: float(t(tx, ty)))(t, tx, ty)
+            runs[f"d={d} torch PR tol 0.01"] = (lambda t, tx, ty: lambda: float(t(tx, ty).detach()))(t, tx, ty)
     times = {k: [] for k in runs}
     for fn in runs.values():
         fn()

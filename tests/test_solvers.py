@@ -131,3 +131,15 @@ def test_registry_round_trip():
     s = solvers.Anderson(memory=7, ridge=1e-3, damping=0.5)
     assert solvers.get(solvers.serialize(s)) == s
     assert solvers.get(s) is s
+
+
+def test_rel_sq_stop_mode_is_jeon_lee_choi_rule():
+    # ||f(z) - z||^2 / (1e-6 + ||z||^2) <= tol, measured at the returned iterate
+    z0 = tf.constant([[0.0], [1.0], [-2.0]], tf.float64)
+    z, info = ki.fixed_point(tf.cos, z0, solver="fixed_point", tol=1e-12, max_iter=500, stop_mode="rel_sq")
+    ratio = (tf.cos(z) - z)[:, 0] ** 2 / (1e-6 + z[:, 0] ** 2)
+    np.testing.assert_allclose(info.residual, ratio, rtol=1e-9)
+    assert int(info.status) == ki.CONVERGED and np.all(ratio.numpy() <= 1e-12)
+    _, short = ki.fixed_point(tf.cos, z0, solver="fixed_point", tol=1e-12, max_iter=int(info.iterations) - 1,
+                              stop_mode="rel_sq", on_failure="ignore")
+    assert int(short.status) == ki.MAX_ITER_REACHED

@@ -83,8 +83,32 @@ class _ExplicitLayer(keras.layers.Layer):
         raise NotImplementedError
 
 
+class _DenseExplicit(_ExplicitLayer):
+    """A dense explicit layer with `kernel` (`[n, units]`, `W^T`) and `bias` (`[units]`)."""
+
+    def __init__(self, units, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.units = _check_units(units)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (batch, features). "
+                f"Received: shape={tuple(input_shape)}"
+            )
+        super().build(input_shape)
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                      initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class SLLDense(_ExplicitLayer):
+class SLLDense(_DenseExplicit):
     """SDP-based Lipschitz layer: `h <- h - W^T diag(t) relu(W h + b)`, 1-Lipschitz.
 
     `t_i = 2 / sum_j |(W W^T)_ij| q_j / q_i` with learned `q = exp(log_q) > 0`,
@@ -101,18 +125,8 @@ class SLLDense(_ExplicitLayer):
     (None, 16)
     """
 
-    def __init__(self, units, kernel_initializer="glorot_uniform", **kwargs):
-        super().__init__(**kwargs)
-        self.units = _check_units(units)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(f"SLLDense expects inputs of shape (batch, features). Received: shape={tuple(input_shape)}")
         super().build(input_shape)
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         self.log_q = self.add_weight(name="log_q", shape=(self.units,), initializer="zeros")
 
     def scales(self):
@@ -131,13 +145,9 @@ class SLLDense(_ExplicitLayer):
         t = self.scales().numpy().astype(np.float64)
         return _block(k.T, self.bias.numpy(), -(k * t[None, :]), t, r=np.eye(input_dim))
 
-    def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
-
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class CPLDense(_ExplicitLayer):
+class CPLDense(_DenseExplicit):
     """Convex potential layer: `h <- h - (2 / ||W||_2^2) W^T relu(W h + b)`, 1-Lipschitz.
 
     `||W||_2` is the exact largest singular value (an SVD per call: for the
@@ -146,19 +156,6 @@ class CPLDense(_ExplicitLayer):
     Args:
         units: hidden width of `W`.
     """
-
-    def __init__(self, units, kernel_initializer="glorot_uniform", **kwargs):
-        super().__init__(**kwargs)
-        self.units = _check_units(units)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
-    def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(f"CPLDense expects inputs of shape (batch, features). Received: shape={tuple(input_shape)}")
-        super().build(input_shape)
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
 
     def scale(self):
         """`2 / ||W||_2^2`."""
@@ -173,13 +170,9 @@ class CPLDense(_ExplicitLayer):
         c = float(self.scale().numpy())
         return _block(k.T, self.bias.numpy(), -c * k, np.full(self.units, c), r=np.eye(input_dim))
 
-    def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
-
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class AOLDense(_ExplicitLayer):
+class AOLDense(_DenseExplicit):
     """Almost-orthogonal layer: `y = sigma(W D h + b)`, `D = diag(sum_j |W^T W|_ij)^(-1/2)`.
 
     `||W D||_2 <= 1` for every `W`, so the layer is 1-Lipschitz with a
@@ -191,18 +184,8 @@ class AOLDense(_ExplicitLayer):
     """
 
     def __init__(self, units, activation="relu", kernel_initializer="glorot_uniform", **kwargs):
-        super().__init__(**kwargs)
-        self.units = _check_units(units)
+        super().__init__(units, kernel_initializer=kernel_initializer, **kwargs)
         self.activation = _check_activation(activation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
-    def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(f"AOLDense expects inputs of shape (batch, features). Received: shape={tuple(input_shape)}")
-        super().build(input_shape)
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
 
     def effective_kernel(self):
         """`(W D)^T` in Keras layout, `[n, units]`."""
@@ -223,8 +206,7 @@ class AOLDense(_ExplicitLayer):
                       activation=self.activation)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+        return {**super().get_config(), "activation": self.activation}
 
 
 def cayley(x, y):

@@ -32,7 +32,13 @@ import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
 from keras_implicit.layers.fpi import _info_spec
-from keras_implicit.layers.monotone import _LINEAR_INIT, MonotoneCell, _MonotoneLayer
+from keras_implicit.layers.monotone import (
+    _LINEAR_INIT,
+    MonotoneCell,
+    _check_image_shape,
+    _ImageState,
+    _MonotoneLayer,
+)
 from keras_implicit.operators import DenseOperator, FunctionOperator, circular_conv, circular_conv_transpose
 
 METRICS = ("diagonal", "identity")
@@ -63,6 +69,15 @@ def check_activation(activation):
             "'relu', 'leaky_relu', 'soft_threshold', 'identity', 'tanh'). "
             f"Received: activation={activation!r}"
         ) from None
+
+
+def _set_bound_settings(cell, m, output_units, lipschitz):
+    """The settings every LBEN cell validates: `m`, `output_units`, `lipschitz`."""
+    cell.m = check_m_nonnegative(m)
+    if isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1:
+        raise ValueError(f"`output_units` must be a positive integer. Received: output_units={output_units!r}")
+    cell.output_units = output_units
+    cell.lipschitz = check_lipschitz(lipschitz)
 
 
 def lben_weight(v, s, psi=None, u=None, w_o=None, lipschitz=1.0, m=1.0):
@@ -118,11 +133,7 @@ class LipschitzCell(MonotoneCell):
         activation = check_activation(activation)
         super().__init__(units, m=1.0, activation=activation, kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
-        self.m = check_m_nonnegative(m)
-        if isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1:
-            raise ValueError(f"`output_units` must be a positive integer. Received: output_units={output_units!r}")
-        self.output_units = output_units
-        self.lipschitz = check_lipschitz(lipschitz)
+        _set_bound_settings(self, m, output_units, lipschitz)
         if metric not in METRICS:
             raise ValueError(f"`metric` must be one of {METRICS}. Received: metric={metric!r}")
         self.metric = metric
@@ -344,7 +355,7 @@ class LipschitzDense(_LipschitzLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class LipschitzConvCell(MonotoneCell):
+class LipschitzConvCell(_ImageState, MonotoneCell):
     """The convolutional LBEN cell on `[H, W, C]` states (see `LipschitzConv2D`)."""
 
     def __init__(self, filters, output_units, lipschitz=1.0, kernel_size=3, m=1.0, metric="channel", pool=2,
@@ -352,12 +363,8 @@ class LipschitzConvCell(MonotoneCell):
         activation = check_activation(activation)
         super().__init__(filters, m=1.0, activation=activation, kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
-        self.m = check_m_nonnegative(m)
-        if isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1:
-            raise ValueError(f"`output_units` must be a positive integer. Received: output_units={output_units!r}")
+        _set_bound_settings(self, m, output_units, lipschitz)
         self.filters = filters
-        self.output_units = output_units
-        self.lipschitz = check_lipschitz(lipschitz)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be an odd positive integer. Received: kernel_size={kernel_size!r}")
         self.kernel_size = kernel_size
@@ -370,11 +377,7 @@ class LipschitzConvCell(MonotoneCell):
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
-        if len(x_shape) != 4 or None in tuple(x_shape[1:]):
-            raise ValueError(
-                "LipschitzConv2D expects images (batch, height, width, channels) with known "
-                f"height, width and channels. Received: x.shape={tuple(x_shape)}"
-            )
+        _check_image_shape(x_shape, "LipschitzConv2D")
         if x_shape[1] % self.pool or x_shape[2] % self.pool:
             raise ValueError(
                 f"The image height and width must be multiples of `pool`={self.pool}. "
@@ -451,23 +454,11 @@ class LipschitzConvCell(MonotoneCell):
             n, self.compute_dtype,
         )
 
-    def implicit_weight(self):
-        """`W` as a dense `[n, n]` matrix (n = H W C; for inspection and tests)."""
-        return self.operator().to_dense()
-
     def input_injection(self, x):
         return circular_conv(x, self.kernel) + self.bias
 
     def output(self, z):
         return tf.matmul(self._pool(z), self.output_kernel) + self.output_bias
-
-    def _flat(self, t):
-        h, w = self.spatial
-        return tf.reshape(t, [-1, h * w * self.filters])
-
-    def _unflat(self, t, like):
-        h, w = self.spatial
-        return tf.reshape(t, [-1, h, w, self.filters])
 
     def get_config(self):
         config = super().get_config()

@@ -155,12 +155,36 @@ class MonotoneCell(keras.layers.Layer):
         }
 
 
+def _check_image_shape(x_shape, layer):
+    if len(x_shape) != 4 or None in tuple(x_shape[1:]):
+        raise ValueError(
+            f"{layer} expects images (batch, height, width, channels) with known "
+            f"height, width and channels. Received: x.shape={tuple(x_shape)}"
+        )
+
+
 def _inject(x, kernel, bias, padding):
     """`U x + b`: a "SAME" convolution of the input, zero-padded to the state's grid."""
     ph, pw = padding
     if ph or pw:
         x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
     return tf.nn.conv2d(x, kernel, 1, "SAME") + bias
+
+
+class _ImageState:
+    """Cells whose state is one `[H, W, filters]` image (`self.spatial = (H, W)`)."""
+
+    def implicit_weight(self):
+        """`W` as a dense `[n, n]` matrix (n = H W C; for inspection and tests)."""
+        return self.operator().to_dense()
+
+    def _flat(self, t):
+        h, w = self.spatial
+        return tf.reshape(t, [-1, h * w * self.filters])
+
+    def _unflat(self, t, like):
+        h, w = self.spatial
+        return tf.reshape(t, [-1, h, w, self.filters])
 
 
 class _BorderMasked:
@@ -178,7 +202,7 @@ class _BorderMasked:
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneConvCell(_BorderMasked, MonotoneCell):
+class MonotoneConvCell(_BorderMasked, _ImageState, MonotoneCell):
     """The convolutional monDEQ cell (see `MonotoneConv2D`) on `[H, W, C]` states.
 
     Its state shape follows its input: `compute_state_shape(x_shape)` gives
@@ -207,11 +231,7 @@ class MonotoneConvCell(_BorderMasked, MonotoneCell):
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
-        if len(x_shape) != 4 or None in tuple(x_shape[1:]):
-            raise ValueError(
-                "MonotoneConv2D expects images (batch, height, width, channels) with known "
-                f"height, width and channels. Received: x.shape={tuple(x_shape)}"
-            )
+        _check_image_shape(x_shape, "MonotoneConv2D")
         ph, pw = self.padding
         return (x_shape[1] + 2 * ph, x_shape[2] + 2 * pw, self.filters)
 
@@ -247,20 +267,8 @@ class MonotoneConvCell(_BorderMasked, MonotoneCell):
         w_hat = tf.cast(1.0 - self.m, ata.dtype) * eye - ata + skew
         return FourierOperator(w_hat, self.spatial, a.dtype)
 
-    def implicit_weight(self):
-        """`W` as a dense `[n, n]` matrix (n = H W C; for inspection and tests)."""
-        return self.operator().to_dense()
-
     def input_injection(self, x):
         return _inject(x, self.kernel, self.bias, self.padding)
-
-    def _flat(self, t):
-        h, w = self.spatial
-        return tf.reshape(t, [-1, h * w * self.filters])
-
-    def _unflat(self, t, like):
-        h, w = self.spatial
-        return tf.reshape(t, [-1, h, w, self.filters])
 
 
     def compute_output_shape(self, z_shape, x_shape=None):

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - private TensorFlow API moved
     def could_possibly_record():
         return True
 
-STOP_MODES = ("abs", "rel")
+STOP_MODES = ("abs", "rel", "rel_sq")
 # Guards the relative residual ||diff|| / (||ref|| + eps) against ref = 0.
 REL_EPS = 1e-6
 
@@ -151,7 +151,10 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         tol: stop when every sample's residual is `<= tol`.
         max_iter: at most this many iterations (function evaluations).
         stop_mode: `"abs"` for `||f(z) - z||`, `"rel"` for
-            `||f(z) - z|| / (||f(z)|| + 1e-6)`, per sample.
+            `||f(z) - z|| / (||f(z)|| + 1e-6)`, `"rel_sq"` for Jeon, Lee &
+            Choi's rule `||f(z) - z||^2 / (1e-6 + ||z||^2)` (squared change
+            relative to the current iterate; `tol` applies to that squared
+            ratio), per sample.
         structure: optional problem structure for solvers that need it
             (operator splitting); they find it as `F.structure`, with the
             state's `Packer` as `F.packer`.
@@ -182,7 +185,9 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     z0_flat = packer.pack(z0)
     dtype = z0_flat.dtype
     max_iter = int(max_iter)
-    tol_sq = tf.constant(float(tol) ** 2, dtype)
+    # The loop compares squared quantities ("rel_sq" is squared already).
+    squared = stop_mode != "rel_sq"
+    tol_sq = tf.constant(float(tol) ** 2 if squared else float(tol), dtype)
 
     def F(z_flat):
         return packer.pack(f(packer.unpack(z_flat)))
@@ -197,10 +202,12 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     # only needed where a tape could record the loop (the Unrolled mode).
     stop = tf.stop_gradient if could_possibly_record() else (lambda t: t)
 
-    def measure(diff, ref):
+    def measure(diff, ref, cand):
         res = _sq_norm(diff)
         if stop_mode == "rel":
             res = res / tf.square(tf.sqrt(_sq_norm(ref)) + REL_EPS)
+        elif stop_mode == "rel_sq":
+            res = res / (REL_EPS + _sq_norm(cand))
         return stop(res)
 
     def cond(k, z, state, best_z, best_res, ok, trace):
@@ -215,7 +222,7 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
             z_next = tf.ensure_shape(z_next, z.shape)
         if cand.shape != z.shape:
             cand = tf.ensure_shape(cand, z.shape)
-        res = measure(diff, ref)
+        res = measure(diff, ref, cand)
         finite = tf.math.is_finite(res)
         better = res < best_res  # false for NaN
         best_z = tf.where(better, cand, best_z)
@@ -251,7 +258,7 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         out = run_loop(*flat_vars)
     k, _, _, best_z, best_res, ok = tf.nest.pack_sequence_as(loop_vars, list(out[:-1]))
     trace = out[-1]
-    best_res = tf.sqrt(best_res[:, 0])
+    best_res = tf.sqrt(best_res[:, 0]) if squared else best_res[:, 0]
     bad = tf.logical_not(ok[:, 0])
     converged = best_res <= tf.constant(tol, dtype)
     status = tf.where(
@@ -261,7 +268,7 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     )
     # Unwritten entries of the trace read as zero; pad after the last
     # iteration with its last value.
-    trace = tf.sqrt(trace)
+    trace = tf.sqrt(trace) if squared else trace
     idx = tf.range(max_iter)
     last = tf.gather(trace, tf.maximum(k - 1, 0))
     trace = tf.where(idx < k, trace, last)
