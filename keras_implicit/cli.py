@@ -43,21 +43,27 @@ def reload_check(path, x, y, logits):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-MODELS = ("mondeq", "fpi")
+MODELS = ("mondeq", "fpi", "lben")
 
 
-def build_demo_model(input_dim, model="mondeq", units=None, num_classes=10, solver=None):
+def build_demo_model(input_dim, model="mondeq", units=None, num_classes=10, solver=None, lipschitz=1.0):
     """The demo's equilibrium classifier, `Input -> equilibrium layer "deq" -> Dense`.
 
     * `"mondeq"` (default): `MonotoneDense(87)`, Peaceman-Rachford with
       alpha = 1 and relative tolerance 1e-2, as in Winston & Kolter's MNIST model.
     * `"fpi"`: `ForwardFPI(DenseCell(64))` with Anderson at tol 1e-4.
+    * `"lben"`: `Input -> LipschitzDense(80, num_classes, lipschitz)` (its own
+      output map: the whole classifier is `lipschitz`-Lipschitz).
     """
     import keras
 
-    from keras_implicit.layers import DenseCell, ForwardFPI, MonotoneDense
+    from keras_implicit.layers import DenseCell, ForwardFPI, LipschitzDense, MonotoneDense
 
     inputs = keras.Input((input_dim,), name="x")
+    if model == "lben":
+        layer = LipschitzDense(units or 80, num_classes, lipschitz=lipschitz,
+                               solver=solver or "peaceman_rachford", tol=1e-3, name="deq")
+        return keras.Model(inputs, layer(inputs), name="lben_classifier")
     if model == "mondeq":
         layer = MonotoneDense(units or 87, solver=solver or "peaceman_rachford", tol=1e-2, name="deq")
     elif model == "fpi":
@@ -84,7 +90,8 @@ def demo(args):
         f"{x_tr.shape[1]} features"
     )
     print(f"model: {args.model}")
-    model = build_demo_model(x_tr.shape[1], model=args.model, units=args.units, solver=args.solver)
+    model = build_demo_model(x_tr.shape[1], model=args.model, units=args.units, solver=args.solver,
+                             lipschitz=args.lipschitz)
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -106,6 +113,13 @@ def demo(args):
         f"solver statistics (test set): forward iterations {results['deq_fwd_iters']:.1f}, "
         f"final residual {results['deq_fwd_res']:.2e}"
     )
+    if args.model == "lben":
+        from keras_implicit.robustness import certified_accuracy
+
+        eps = [0.1, 0.25, 0.5]
+        cert = certified_accuracy(model, x_te, y_te, eps, args.lipschitz)
+        print(f"certified accuracy (Lipschitz bound {args.lipschitz:g}, 2-norm radius): "
+              + ", ".join(f"eps {e}: {c:.4f}" for e, c in zip(eps, cert)))
     export_dir = args.export or os.path.join("saved_models", f"{args.model}_{args.dataset}")
     names = export_saved_model(model, export_dir)
     print(f"exported SavedModel to {export_dir} with signatures {names}")
@@ -131,7 +145,8 @@ def main(argv=None):
     p.add_argument("--model", choices=list(MODELS), default="mondeq")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--export", default=None, help="SavedModel directory (default saved_models/<model>_<dataset>)")
-    p.add_argument("--units", type=int, default=None, help="width (default 87 for mondeq, 64 for fpi)")
+    p.add_argument("--units", type=int, default=None, help="width (default 87 for mondeq, 64 for fpi, 80 for lben)")
+    p.add_argument("--lipschitz", type=float, default=1.0, help="the Lipschitz bound of --model lben (default 1)")
     p.add_argument("--solver", default=None,
                    choices=["peaceman_rachford", "forward_backward", "anderson", "broyden", "fixed_point"])
     p.add_argument("--batch-size", type=int, default=64)
@@ -141,6 +156,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1. Received: --epochs={args.epochs}")
+    if not args.lipschitz > 0:
+        parser.error(f"--lipschitz must be > 0. Received: --lipschitz={args.lipschitz}")
     if args.command == "demo":
         return demo(args)
     return 2

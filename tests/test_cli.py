@@ -30,3 +30,18 @@ def test_demo_fpi_model_on_mnist1d(tmp_path):
 def test_demo_rejects_bad_epochs(tmp_path):
     out = _demo(tmp_path, "--epochs", "0")
     assert out.returncode == 2 and "--epochs" in out.stderr
+
+
+def test_demo_lben_reports_certified_accuracy_and_reloads(tmp_path):
+    out = _demo(tmp_path, "--model", "lben", "--lipschitz", "2", "--epochs", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    acc = float(re.search(r"test accuracy: ([0-9.]+)", out.stdout).group(1))
+    cert = [float(c) for c in re.findall(r"eps [0-9.]+: ([0-9.]+)", out.stdout)]
+    # certified accuracy never exceeds accuracy and falls with the radius
+    assert len(cert) == 3 and acc >= cert[0] >= cert[1] >= cert[2] and acc > 0.8
+    assert "Lipschitz bound 2" in out.stdout and "-> agrees" in out.stdout
+
+
+def test_demo_rejects_bad_lipschitz(tmp_path):
+    out = _demo(tmp_path, "--model", "lben", "--lipschitz", "0")
+    assert out.returncode == 2 and "--lipschitz" in out.stderr
