@@ -143,14 +143,16 @@ def row_sum(t):
     16% cheaper).
     """
     n = t.shape[-1]
-    flat = tf.reshape(t, [-1, n])
-    out = tf.matmul(flat, tf.ones([n, 1], t.dtype))
+    ones = tf.ones([n, 1], t.dtype)
+    if t.shape.rank == 2:
+        return tf.matmul(t, ones)
+    out = tf.matmul(tf.reshape(t, [-1, n]), ones)
     return tf.reshape(out, tf.concat([tf.shape(t)[:-1], [1]], axis=0))
 
 
 def _sq_norm(x):
     """Per-sample squared 2-norm, shape `[batch, 1]`."""
-    return tf.reduce_sum(tf.square(x), axis=1, keepdims=True)
+    return row_sum(tf.square(x))
 
 
 def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10,
