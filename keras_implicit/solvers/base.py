@@ -274,9 +274,11 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         out = run_loop(*flat_vars)
     k, _, _, best_z, best_res, ok = tf.nest.pack_sequence_as(loop_vars, list(out[:-1]))
     trace = out[-1]
+    # Converged by the loop's own test (before the square root, which could
+    # round a residual equal to tol up past it).
+    converged = best_res[:, 0] <= tol_sq
     best_res = tf.sqrt(best_res[:, 0]) if squared else best_res[:, 0]
     bad = tf.logical_not(ok[:, 0])
-    converged = best_res <= tf.constant(tol, dtype)
     status = tf.where(
         tf.reduce_any(bad),
         info_lib.NON_FINITE,
