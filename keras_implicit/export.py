@@ -32,35 +32,56 @@ def _metrics_off(layers):
                 layer.track_metrics = value
 
 
-def _spec(shape, dtype):
-    return tf.TensorSpec((None,) + tuple(shape[1:]), dtype)
+def _spec(shape, dtype, name=None):
+    return tf.TensorSpec((None,) + tuple(shape[1:]), dtype, name=name)
+
+
+def _named(prefix, nested):
+    """`{prefix: t}` for one tensor, `{prefix_0: t0, prefix_1: t1, ...}` for a nested state."""
+    leaves = tf.nest.flatten(nested)
+    if len(leaves) == 1:
+        return {prefix: leaves[0]}
+    return {f"{prefix}_{i}": t for i, t in enumerate(leaves)}
+
+
+def _state_specs(layer, name):
+    shapes = layer.state_shape
+    if isinstance(shapes[0], int):
+        return [_spec((None,) + shapes, layer.compute_dtype, name)]
+    return [_spec((None,) + s, layer.compute_dtype, f"{name}_{i}") for i, s in enumerate(shapes)]
 
 
 def _forward_endpoint(layer):
-    x_spec = _spec(layer.input_shape_for_export, layer.compute_dtype)
+    x_spec = _spec(layer.input_shape_for_export, layer.compute_dtype, "x")
 
     def forward(x):
         z, info = layer.solve(x)
-        return {"z_star": z, "iterations": info.iterations, "residual": info.residual}
+        out = _named("z_star", z)
+        out.update(iterations=info.iterations, residual=info.residual,
+                   block_residuals=info.block_residuals)
+        return out
 
     return forward, [x_spec]
 
 
 def _backward_endpoint(layer):
-    if isinstance(layer, BackwardFPI):
-        node = layer
-        x_shape, z_shape, _ = layer.input_shape_for_export
-    else:
-        node = layer.backward_layer()
-        x_shape, z_shape = layer.input_shape_for_export, (None,) + layer.state_shape
+    node = layer if isinstance(layer, BackwardFPI) else layer.backward_layer()
+    x_shape = layer.input_shape_for_export[0] if isinstance(layer, BackwardFPI) else layer.input_shape_for_export
     dtype = layer.compute_dtype
-    specs = [_spec(x_shape, dtype), _spec(z_shape, dtype), _spec(z_shape, dtype)]
+    z_specs, dz_specs = _state_specs(layer, "z_star"), _state_specs(layer, "dz")
+    n = len(z_specs)
+    template = layer.state_shape if n > 1 else None
 
-    def backward(x, z_star, dz):
-        c, dx, info = node.solve(x, z_star, dz)
-        return {"adjoint": c, "input_gradient": dx, "iterations": info.iterations}
+    def nest(leaves):
+        return leaves[0] if template is None else tuple(leaves)
 
-    return backward, specs
+    def backward(x, *state):
+        c, dx, info = node.solve(x, nest(list(state[:n])), nest(list(state[n:])))
+        out = _named("adjoint", c)
+        out.update(input_gradient=dx, iterations=info.iterations)
+        return out
+
+    return backward, [_spec(x_shape, dtype, "x")] + z_specs + dz_specs
 
 
 def export_saved_model(model, path, verbose=False):
@@ -70,10 +91,13 @@ def export_saved_model(model, path, verbose=False):
 
     * `serve` (also `serving_default`): the model's forward pass.
     * `<layer>_forward` for every `ForwardFPI`: the layer's input ->
-      `z_star`, `iterations`, `residual`.
+      `z_star`, `iterations`, `residual`, `block_residuals`.
     * `<layer>_backward` for every FPI layer: `(x, z_star, dz)` ->
       `adjoint` (c solving `c = (d cell/dz)^T c + dz`), `input_gradient`
       (`(d cell/dx)^T c`), `iterations`.
+
+    A nested state `(z_a, z_b)` appears block by block: `z_star_0`,
+    `z_star_1` (and `dz_0`, `dz_1`, `adjoint_0`, `adjoint_1`).
 
     Custom gradients are kept, so `tf.GradientTape` through the reloaded
     `serve` gives the live model's gradients. The export does not update

@@ -104,11 +104,15 @@ def fixed_point(
 
     Args:
         f: callable `f(z, *args) -> z`. `z` may be a nested structure of
-            `[batch, ...]` tensors (e.g. a tuple `(z, u)`).
+            `[batch, ...]` tensors (e.g. a tuple `(z, u)`). A
+            `solvers.Problem` (or a cell whose methods provide a splitting)
+            also offers its structure to the solvers that need it.
         z0: initial iterate, same structure as `f`'s output.
         *args: other inputs of `f`; they receive gradients.
         solver: a `Solver` or an identifier (`"fixed_point"`, `"anderson"`,
-            `"broyden"`). Default `"anderson"`.
+            `"broyden"`, `"halpern"`; `"peaceman_rachford"` and
+            `"forward_backward"` for problems with a splitting). Default
+            `"anderson"`.
         backward: a `BackwardMode` or an identifier (`"implicit"`,
             `"phantom"`, `"jacobian_free"`, `"unrolled"`). Default
             `"implicit"`.
@@ -119,7 +123,9 @@ def fixed_point(
             `"raise"` (`ConvergenceError` in eager mode) or `"ignore"`. In
             compiled code the outcome is reported only through `info`.
         backward_callback: optional callable receiving the `SolverInfo` of
-            the adjoint solve (implicit mode) when gradients are computed.
+            the adjoint solve (implicit mode) when gradients are computed; the
+            ops or tensors it returns (if any) run before the gradients are
+            returned.
         check_captures: warn if `f` captures float tensors by closure
             (implicit mode only; costs one extra trace of `f`).
         jit_loop: in graph mode, compile solver loops that are not
@@ -146,6 +152,7 @@ def fixed_point(
     check_on_failure(on_failure)
     if not callable(f):
         raise TypeError(f"`f` must be callable. Received: f={f!r}")
+    problem = solvers_lib.Problem.of(f)
     z0 = tf.nest.map_structure(tf.convert_to_tensor, z0)
     args = tuple(
         tf.nest.map_structure(
@@ -154,9 +161,9 @@ def fixed_point(
         )
         for a in args
     )
-    spec = backward_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
+    spec = solvers_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
     if check_captures and isinstance(backward, backward_lib.Implicit):
-        _warn_captured(f, z0, args)
-    z, info = backward.apply(f, z0, args, spec, backward_callback)
+        _warn_captured(problem, z0, args)
+    z, info = backward.apply(problem, z0, args, spec, backward_callback)
     report_failure(info, on_failure)
     return z, info

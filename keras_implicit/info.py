@@ -33,6 +33,10 @@ class SolverInfo(NamedTuple):
         status: int32 scalar, `CONVERGED` (0) when every sample converged,
             `NON_FINITE` (2) when any sample produced NaN/Inf, otherwise
             `MAX_ITER_REACHED` (1).
+        block_residuals: float, shape `[batch, blocks]`, the absolute
+            residual `||f(z)_b - z_b||` of each block `b` of a nested state
+            (one column for a single tensor) at the returned iterate. For the
+            splitting solvers it is the splitting's own residual.
     """
 
     iterations: tf.Tensor
@@ -40,6 +44,7 @@ class SolverInfo(NamedTuple):
     converged: tf.Tensor
     trace: tf.Tensor
     status: tf.Tensor
+    block_residuals: tf.Tensor
 
 
 def status_name(status):

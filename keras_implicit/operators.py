@@ -3,8 +3,8 @@
 An operator `W` acts on flat states `[batch, n]` (one row per sample, so
 `W z` is `z @ W^T`) and provides `multiply`, `multiply_transpose` and
 `resolvent(alpha)`, the map `u -> (I + alpha (I - W))^{-1} u` with its
-transpose, computed once per solve. monDEQ and LBEN layers build their
-`SplittingProblem` from one.
+transpose, computed once per solve. monDEQ and LBEN cells build their
+`solvers.Splitting` from one.
 """
 
 import numpy as np
@@ -31,10 +31,6 @@ class DenseOperator:
     def size(self):
         return int(self.matrix.shape[0])
 
-    @property
-    def tensor(self):
-        """The tensor that holds the operator."""
-        return self.matrix
 
     def multiply(self, z):
         return tf.matmul(z, self.matrix, transpose_b=True)
@@ -112,10 +108,6 @@ class FourierOperator:
     def size(self):
         return self.spatial[0] * self.spatial[1] * self.channels
 
-    @property
-    def tensor(self):
-        """The tensor that holds the operator."""
-        return self.matrices
 
     def _apply(self, z, adjoint):
         h, w = self.spatial
@@ -194,9 +186,6 @@ class MultiTierOperator:
     def size(self):
         return sum(self.sizes)
 
-    @property
-    def tensor(self):
-        return self.m_hat[0]
 
     # -- Fourier-space helpers; spectra are [B, H, W, c] complex ---------------
 
@@ -349,9 +338,6 @@ class _MultiTierResolvent:
     def size(self):
         return self.op.size
 
-    @property
-    def tensor(self):
-        return self.blocks[0]
 
     def multiply(self, z):
         return self.op._resolvent_apply(self.blocks, self.alpha, z, transpose=False)
@@ -362,65 +348,6 @@ class _MultiTierResolvent:
     def to_dense(self):
         basis = tf.eye(self.size, dtype=self.dtype)
         return tf.transpose(self.multiply(basis))
-
-
-class SplittingProblem:
-    """The structure `z = prox(W z + b)` that operator-splitting solvers use.
-
-    Args:
-        operator: the linear operator `W` (e.g. `DenseOperator`).
-        bias: `b`, shape `[batch, n]`, or None for zero.
-        prox: callable `prox(v, alpha)`, the resolvent of the nonlinearity.
-        transpose: use `W^T` instead of `W` (adjoint problems).
-
-    A solver calls `prepare(alpha)` once, outside its loop, then `affine`,
-    `resolvent` and `prox` inside it:
-
-    * `affine(z) = W z + b`,
-    * `resolvent(u) = (I + alpha (I - W))^{-1} (u + alpha b)`,
-    * `prox(v) = prox_alpha(v)`.
-    """
-
-    def __init__(self, operator, bias, prox, transpose=False, reuse_from=None):
-        self.operator = operator
-        self.bias = bias
-        self.prox_fn = prox
-        self.transpose = transpose
-        self.alpha = None
-        self._resolvent = None
-        self._reuse = reuse_from
-
-    def prepare(self, alpha):
-        """Computes the resolvent for `alpha`, or reuses that of `reuse_from`
-        (the forward problem of the same call) when it was built for the same
-        alpha in the same graph, as the backward pass can."""
-        self.alpha = alpha
-        other = self._reuse
-        if other is not None and other.alpha == alpha and _usable_here(other._resolvent.tensor):
-            self._resolvent = other._resolvent
-        else:
-            self._resolvent = self.operator.resolvent(alpha)
-
-    def affine(self, z):
-        wz = self.operator.multiply_transpose(z) if self.transpose else self.operator.multiply(z)
-        return wz if self.bias is None else wz + self.bias
-
-    def resolvent(self, u):
-        if self.bias is not None:
-            u = u + self.alpha * self.bias
-        if self.transpose:
-            return self._resolvent.multiply_transpose(u)
-        return self._resolvent.multiply(u)
-
-    def prox(self, v):
-        return self.prox_fn(v, self.alpha)
-
-
-def _usable_here(t):
-    """Whether tensor `t` can be used in the current context (same graph, or eager)."""
-    if tf.executing_eagerly():
-        return not hasattr(t, "op") or isinstance(t, type(tf.constant(0.0)))
-    return getattr(t, "graph", None) is tf.compat.v1.get_default_graph()
 
 
 def adjoint_prox(j, v):

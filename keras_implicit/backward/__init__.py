@@ -3,7 +3,7 @@
 Identifiers: `"implicit"`, `"phantom"`, `"jacobian_free"`, `"unrolled"`.
 """
 
-from keras_implicit.backward.base import BackwardMode, SolveSpec
+from keras_implicit.backward.base import BackwardMode
 from keras_implicit.backward.implicit import Implicit, adjoint_solve
 from keras_implicit.backward.phantom import JacobianFree, Phantom
 from keras_implicit.backward.unrolled import Unrolled
@@ -23,7 +23,6 @@ __all__ = [
     "Implicit",
     "JacobianFree",
     "Phantom",
-    "SolveSpec",
     "Unrolled",
     "adjoint_solve",
     "deserialize",

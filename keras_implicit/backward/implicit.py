@@ -3,15 +3,17 @@
 import tensorflow as tf
 
 from keras_implicit import solvers as solvers_lib
-from keras_implicit.backward.base import BackwardMode, SolveSpec, stop_recording
+from keras_implicit.backward.base import BackwardMode
 from keras_implicit.solvers.base import check_tol_and_max_iter
+from keras_implicit.solvers.problem import Problem
+from keras_implicit.solvers.spec import SolveSpec, could_possibly_record, stop_recording
 
 
 def _is_float(t):
     return isinstance(t, (tf.Tensor, tf.Variable)) and t.dtype.is_floating
 
 
-def adjoint_solve(f, z_star, args, dz, spec, variables=()):
+def adjoint_solve(f, z_star, args, dz, spec, variables=(), forward=None):
     """Solves the adjoint equation of `z* = f(z*, *args)` for a cotangent `dz`.
 
     With `J = df/dz` at `(z*, args)` the adjoint `c` solves
@@ -25,21 +27,28 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=()):
         dL/d(args) = (df/d args)^T c,    dL/d(variables) = (df/d variables)^T c.
 
     Every operation is differentiable, so the result can itself be
-    differentiated (second derivatives).
+    differentiated (second derivatives). A solver that `requires` the
+    splitting form gets the problem's adjoint splitting (monDEQ's Theorem 3)
+    instead of the VJP map; which one runs is the solver's business.
 
     Args:
-        f: `f(z, *args) -> z`, nested structures allowed.
+        f: a `solvers.Problem`, a cell, or a callable `f(z, *args) -> z`
+            (nested structures allowed).
         z_star: the fixed point, structure of `z`.
         args: tuple of the other inputs of `f` (nested structures allowed).
         dz: cotangent, structure of `z`.
         spec: `SolveSpec` of the adjoint solve.
         variables: variables read by `f` that need gradients.
+        forward: the forward `BoundProblem` of the same call, whose
+            splitting resolvent the adjoint may reuse (only when no tape
+            records the adjoint: a reused resolvent carries no gradient).
 
     Returns:
         `(c, arg_grads, var_grads, info)`: the adjoint (structure of `z`),
         gradients for the flattened `args` (None for non-float entries), one
         gradient per variable, and the adjoint solve's `SolverInfo`.
     """
+    problem = Problem.of(f)
     flat_args = tf.nest.flatten(args)
     z_leaves = tf.nest.flatten(z_star)
     watched = [a for a in flat_args if _is_float(a)]
@@ -48,7 +57,7 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=()):
         tape.watch(z_leaves)
         tape.watch(watched)
         tape.watch(variables)
-        fz = f(z_star, *args)
+        fz = problem(z_star, *args)
     fz_leaves = tf.nest.flatten(fz)
     dz_leaves = tf.nest.flatten(dz)
 
@@ -62,14 +71,10 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=()):
         )
         return tf.nest.pack_sequence_as(z_star, [a + b for a, b in zip(jtc, dz_leaves)])
 
-    if getattr(spec.solver, "needs_structure", False):
-        # Operator splitting on the transposed problem (e.g. monDEQ's
-        # Theorem 3 form); the cell maps its solution to the adjoint c.
-        problem, y0, finish = spec.structure_of(f, "adjoint_splitting_problem", z_star, dz, *args)
-        y, info = spec.loop(lambda y: y, y0, problem)
-        c = finish(y)
-    else:
-        c, info = spec.run(adjoint_map, dz)
+    if forward is not None and could_possibly_record():
+        forward = None
+    adjoint = problem.bind_adjoint(adjoint_map, z_star, dz, args, forward)
+    c, info = spec.solve(adjoint, dz)
     c_leaves = tf.nest.flatten(c)
     grads = tape.gradient(
         fz_leaves,
@@ -142,8 +147,8 @@ class Implicit(BackwardMode):
             jit_loop=spec.jit_loop,
         )
 
-    def apply(self, f, z0, args, spec, callback=None):
-        return _implicit_op(f, z0, args, spec.run, self.adjoint_spec(spec), callback)
+    def apply(self, problem, z0, args, spec, callback=None):
+        return _implicit_op(problem, z0, args, spec, self.adjoint_spec(spec), callback)
 
     def get_config(self):
         return {
@@ -154,27 +159,28 @@ class Implicit(BackwardMode):
         }
 
 
-def _reattach(f, z, args):
-    """Forward of the re-attached z*: its value, reading the variables of f."""
-    with stop_recording():
-        f(z, *args)  # lets custom_gradient see which variables f reads
-    return z, None
+def _implicit_op(problem, z0, args, spec, adjoint_spec, callback):
+    """`z* = f(z*, *args)` solved with `spec` from `z0`, with the implicit gradient.
 
-
-def _implicit_op(f, z0, args, forward, adjoint_spec, callback):
-    """`z* = f(z*, *args)` solved by `forward`, with the implicit gradient."""
+    With `spec=None`, `z0` is taken as the fixed point itself (the
+    re-attachment of `z*` inside the backward pass, for second order)."""
     flat_args = tf.nest.flatten(args)
     z_structure = z0
 
     @tf.custom_gradient
     def op(*flat):
         a = tf.nest.pack_sequence_as(args, list(flat))
-        # The custom gradient replaces the forward's own: record nothing (eager
-        # memory), which also lets the solver loop compile with XLA.
-        with stop_recording():
-            z, info = forward(f, z0, a)
-        if forward is _reattach:
-            z = tf.nest.map_structure(tf.identity, z)
+        bound = problem.bind(*a)
+        if spec is None:
+            # Let custom_gradient see which variables f reads.
+            with stop_recording():
+                problem(z0, *a)
+            z, info = tf.nest.map_structure(tf.identity, z0), None
+        else:
+            # The custom gradient replaces the forward's own: record nothing
+            # (eager memory), which also lets the loop compile with XLA.
+            with stop_recording():
+                z, info = spec.solve(bound, z0)
         z_sg = tf.nest.map_structure(tf.stop_gradient, z)
         z_leaves = tf.nest.flatten(z)
 
@@ -186,12 +192,15 @@ def _implicit_op(f, z0, args, forward, adjoint_spec, callback):
             dz = tf.nest.pack_sequence_as(z_structure, dz)
             # z* re-attached with its own implicit derivative, so that what we
             # compute here has exact derivatives as well (second order).
-            z_hat = _implicit_op(f, z_sg, a, _reattach, adjoint_spec, None)[0]
+            z_hat = _implicit_op(problem, z_sg, a, None, adjoint_spec, None)[0]
             _, arg_grads, var_grads, binfo = adjoint_solve(
-                f, z_hat, a, dz, adjoint_spec, variables
+                problem, z_hat, a, dz, adjoint_spec, variables, forward=bound
             )
-            if callback is not None:
-                callback(binfo)
+            deps = callback(binfo) if callback is not None else None
+            if deps:  # the gradients wait for what the callback did
+                with tf.control_dependencies(tf.nest.flatten(deps)):
+                    arg_grads = [None if g is None else tf.identity(g) for g in arg_grads]
+                    var_grads = [tf.identity(g) for g in var_grads]
             if variables:
                 return arg_grads, var_grads
             return arg_grads

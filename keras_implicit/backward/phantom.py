@@ -46,9 +46,9 @@ class Phantom(BackwardMode):
         self.steps = steps
         self.damping = float(damping)
 
-    def apply(self, f, z0, args, spec, callback=None):
-        z_star, info = spec.run_without_gradient(f, z0, args)
-        return _damped_steps(f, z_star, args, self.steps, self.damping), info
+    def apply(self, problem, z0, args, spec, callback=None):
+        z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)
+        return _damped_steps(problem, z_star, args, self.steps, self.damping), info
 
     def get_config(self):
         return {"steps": self.steps, "damping": self.damping}
@@ -67,6 +67,6 @@ class JacobianFree(BackwardMode):
 
     name = "jacobian_free"
 
-    def apply(self, f, z0, args, spec, callback=None):
-        z_star, info = spec.run_without_gradient(f, z0, args)
-        return _damped_steps(f, z_star, args, 1, 1.0), info
+    def apply(self, problem, z0, args, spec, callback=None):
+        z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)
+        return _damped_steps(problem, z_star, args, 1, 1.0), info

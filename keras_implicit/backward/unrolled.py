@@ -17,6 +17,6 @@ class Unrolled(BackwardMode):
     name = "unrolled"
     exact = True
 
-    def apply(self, f, z0, args, spec, callback=None):
+    def apply(self, problem, z0, args, spec, callback=None):
         # Gradients flow through this loop: it must not be a nested XLA function.
-        return dataclasses.replace(spec, jit_loop=False).run(f, z0, args)
+        return dataclasses.replace(spec, jit_loop=False).solve(problem.bind(*args), z0)

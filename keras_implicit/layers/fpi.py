@@ -5,18 +5,35 @@ import tensorflow as tf
 
 from keras_implicit import backward as backward_lib
 from keras_implicit import solvers as solvers_lib
-from keras_implicit.backward.base import SolveSpec
+from keras_implicit.solvers.spec import SolveSpec
 from keras_implicit.fixed_point import check_on_failure, fixed_point, report_failure
 from keras_implicit.info import SolverInfo
 from keras_implicit.solvers.base import check_tol_and_max_iter
 
 
+def _is_shape(size):
+    return isinstance(size, (tuple, list, tf.TensorShape)) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in size
+    )
+
+
+def map_shapes(fn, state_shape):
+    """Applies `fn` to the one shape of a state, or to each block's shape of a
+    nested state (a tuple of shapes); returns the same structure."""
+    if _is_shape(state_shape):
+        return fn(tuple(state_shape))
+    return tuple(fn(tuple(s)) for s in state_shape)
+
+
 def _state_shape(cell, x_shape=None):
     """The state shape (without batch) a cell declares through `state_size`.
 
-    A cell whose state shape depends on its input (a convolutional cell) sets
-    `state_size = None` and defines `compute_state_shape(x_shape)`; its shape
-    is then known only once `x_shape` is (None is returned before).
+    `state_size` is an int, a shape (tuple of ints), or, for a state of
+    several tensors, a tuple of those, e.g. `(16, (4, 4, 2))` for
+    `(z_a [batch, 16], z_b [batch, 4, 4, 2])`. A cell whose state shape
+    depends on its input (a convolutional cell) sets `state_size = None` and
+    defines `compute_state_shape(x_shape)`; its shape is then known only once
+    `x_shape` is (None is returned before).
     """
     size = getattr(cell, "state_size", None)
     if size is None and hasattr(cell, "compute_state_shape"):
@@ -29,16 +46,20 @@ def _state_shape(cell, x_shape=None):
             f"the batch axis), like a Keras RNN cell. Received: cell={cell!r} "
             "without `state_size`"
         )
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return (size,)
-    if isinstance(size, (tuple, list, tf.TensorShape)) and all(
-        isinstance(d, int) and d > 0 for d in size
-    ):
-        return tuple(size)
-    raise ValueError(
-        "`state_size` must be a positive int or a tuple of positive ints. "
-        f"Received: state_size={size!r}"
-    )
+
+    def one(s):
+        if isinstance(s, int) and not isinstance(s, bool) and s > 0:
+            return (s,)
+        if _is_shape(s) and len(s) and all(d > 0 for d in s):
+            return tuple(s)
+        raise ValueError(
+            "`state_size` must be a positive int, a tuple of positive ints, or a tuple "
+            f"of those for a state of several tensors. Received: state_size={size!r}"
+        )
+
+    if isinstance(size, (tuple, list)) and size and not _is_shape(size):
+        return tuple(one(s) for s in size)
+    return one(size)
 
 
 def _resolve_cell(cell):
@@ -52,37 +73,27 @@ def _resolve_cell(cell):
     return cell
 
 
-def cell_function(cell):
-    """`f(z, x) = cell(z, x)`, carrying the cell's splitting structure if it has one."""
-
-    def f(z, x):
-        return cell(z, x)
-
-    if hasattr(cell, "splitting_problem"):
-        f.splitting_problem = cell.splitting_problem
-        f.last_problem = None
-    if hasattr(cell, "adjoint_splitting_problem"):
-        f.adjoint_splitting_problem = lambda z, dz, x: cell.adjoint_splitting_problem(
-            z, dz, x, forward_problem=getattr(f, "last_problem", None)
-        )
-    return f
+def _batched(batch, state_shape, make):
+    """`make((batch, *shape))` for the state's one shape or each block's."""
+    return map_shapes(lambda s: make((batch,) + s), state_shape)
 
 
 def _build_cell(cell, x_shape, state_shape):
     """Builds `cell` by calling it once on symbolic tensors; checks its output shape."""
     x_shape = tuple(x_shape)
-    z_shape = (x_shape[0],) + state_shape
-    out = cell(keras.KerasTensor(z_shape), keras.KerasTensor(x_shape))
-    out_shape = tuple(getattr(out, "shape", ()))
-    if out_shape[1:] != state_shape:
+    z = _batched(x_shape[0], state_shape, keras.KerasTensor)
+    out = cell(z, keras.KerasTensor(x_shape))
+    got = tf.nest.map_structure(lambda t: tuple(t.shape), out)
+    want = tf.nest.map_structure(lambda t: tuple(t.shape), z)
+    if tf.nest.flatten(got) != tf.nest.flatten(want) or len(tf.nest.flatten(out)) != len(tf.nest.flatten(z)):
         raise ValueError(
-            f"The cell maps a state of shape {z_shape} to shape {out_shape}; a "
+            f"The cell maps a state of shape {want} to shape {got}; a "
             "fixed-point cell must return its state's shape (`state_size`). "
             f"Received: state_size={cell.state_size!r}, inputs shape={x_shape}"
         )
 
 
-def _info_spec(batch, max_iter, dtype):
+def _info_spec(batch, max_iter, dtype, blocks=1):
     """Symbolic `SolverInfo` for Keras' functional API."""
     return SolverInfo(
         iterations=keras.KerasTensor((), dtype="int32"),
@@ -90,7 +101,49 @@ def _info_spec(batch, max_iter, dtype):
         converged=keras.KerasTensor((batch,), dtype="bool"),
         trace=keras.KerasTensor((max_iter,), dtype=dtype),
         status=keras.KerasTensor((), dtype="int32"),
+        block_residuals=keras.KerasTensor((batch, blocks), dtype=dtype),
     )
+
+
+try:  # Internal but stable (tf.function itself asks it): how tapes may differentiate.
+    from tensorflow.python.ops.gradients_util import PossibleTapeGradientTypes as _gradient_types
+except ImportError:  # pragma: no cover
+    def _gradient_types(tensors):
+        return 2
+
+
+_PROBE = None
+
+
+def _higher_order_tape(nested):
+    """Whether nested tapes watch these tensors (a second derivative may be taken).
+
+    A custom gradient inside a `tf.function` is differentiable once from an
+    eager tape, not twice (its backward function refers to the forward
+    graph), so such calls run op by op."""
+    global _PROBE
+    tensors, variables = nested
+    # Tapes watch a variable through its resource handle. Tapes that watch
+    # every variable read (the default) watch the cell's variables only once
+    # the solve reads them: a probe variable read now tells how many do.
+    if _PROBE is None:
+        with tf.init_scope():
+            _PROBE = tf.Variable(0.0, trainable=True, name="keras_implicit_tape_probe")
+    _PROBE.read_value()
+    leaves = [t for t in tf.nest.flatten(tensors) if isinstance(t, tf.Tensor)]
+    leaves += [v.value.handle for v in variables] + [_PROBE.handle]
+    return _gradient_types(leaves) == 2
+
+
+class _Cache:
+    """Compiled eager solves, kept out of Keras/TF tracking (never saved)."""
+
+    def __init__(self):
+        self.functions = {}
+
+
+def _blocks(state_shape):
+    return 1 if _is_shape(state_shape) else len(state_shape)
 
 
 class _SolveSettings:
@@ -147,14 +200,21 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         track_metrics: bool, default True.
         jit_loop: compile the solver loops with XLA in graph mode (see
             `fixed_point`), default True.
+        compile_eager: when the layer is called eagerly, run the solve as a
+            cached `tf.function` (as fast as in `fit`; one trace per setting,
+            batch sizes share it after the second). Default True; set False
+            to step through a cell that cannot be traced.
 
     Call arguments:
         inputs: the cell's input `x`, with a leading batch axis.
-        initial_state: optional start iterate, shape `[batch, *state_size]`;
-            zeros by default.
+        initial_state: optional start iterate, shape `[batch, *state_size]`
+            (a tuple of such tensors for a nested state); zeros by default.
 
     Returns:
-        `z*` of shape `[batch, *state_size]`, or `(z*, info)`.
+        `z*` of shape `[batch, *state_size]` (a tuple of tensors for a
+        nested `state_size` such as `(16, (4, 4, 2))`), or `(z*, info)`;
+        `info.block_residuals` holds each block's residual and the metrics
+        `<name>_fwd_res_<b>` their means.
 
     Example:
 
@@ -181,17 +241,26 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         on_failure="warn",
         track_metrics=True,
         jit_loop=True,
+        compile_eager=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._set_solve_settings(cell, solver, tol, max_iter, stop_mode, return_info, on_failure)
         self.backward = backward_lib.get(backward)
         self.jit_loop = bool(jit_loop)
+        self.compile_eager = bool(compile_eager)
         self.track_metrics = bool(track_metrics)
+        self._compiled = _Cache()
         if self.track_metrics:
             self.fwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_fwd_iters")
             self.fwd_res_metric = keras.metrics.Mean(name=f"{self.name}_fwd_res")
             self.bwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_bwd_iters")
+            self.block_res_metrics = []
+            if self.state_shape is not None and _blocks(self.state_shape) > 1:
+                self.block_res_metrics = [
+                    keras.metrics.Mean(name=f"{self.name}_fwd_res_{b}")
+                    for b in range(_blocks(self.state_shape))
+                ]
 
     def build(self, input_shape):
         if self.state_shape is None:
@@ -206,33 +275,47 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode, self.jit_loop)
 
     def _record_backward(self, info):
-        if self.track_metrics:
-            self.bwd_iters_metric.update_state(tf.cast(info.iterations, "float32"))
+        """Adds the adjoint's iterations to `<name>_bwd_iters`. Returns the
+        updates, which the gradients wait for: a backward function built by
+        `tf.function` for an eager tape keeps only what its outputs need."""
+        if not self.track_metrics:
+            return None
+        m = self.bwd_iters_metric
+        # `.value` is the tf.Variable; its assign (unlike Keras') returns the op.
+        ops = [m.total.value.assign_add(tf.cast(info.iterations, m.total.dtype), read_value=False),
+               m.count.value.assign_add(tf.ones([], m.count.dtype), read_value=False)]
+        return [op for op in ops if op is not None]
 
     def initial_state(self, inputs):
+        """Zeros of the state's shape (each block's, for a nested state)."""
         batch = tf.shape(tf.nest.flatten(inputs)[0])[0]
-        shape = tf.concat([[batch], list(self.state_shape)], axis=0)
-        return tf.zeros(shape, dtype=self.compute_dtype)
+        return _batched(batch, self.state_shape,
+                        lambda s: tf.zeros(tf.stack([s[0], *s[1:]]), dtype=self.compute_dtype))
 
-    def solve(self, inputs, initial_state=None):
-        """Returns `(z*, SolverInfo)` whatever `return_info` says."""
-        if initial_state is None:
-            z0 = self.initial_state(inputs)
-        else:
-            z0 = tf.convert_to_tensor(initial_state, dtype=self.compute_dtype)
-            if tuple(z0.shape[1:]) != self.state_shape:
-                raise ValueError(
-                    f"`initial_state` must have shape (batch, *{self.state_shape}). "
-                    f"Received: initial_state.shape={tuple(z0.shape)}"
-                )
-            batch = tf.nest.flatten(inputs)[0].shape[0]
-            if batch is not None and z0.shape[0] is not None and batch != z0.shape[0]:
+    def _check_initial_state(self, inputs, initial_state):
+        z0 = tf.nest.map_structure(lambda t: tf.convert_to_tensor(t, dtype=self.compute_dtype),
+                                   initial_state)
+        got = [tuple(t.shape[1:]) for t in tf.nest.flatten(z0)]
+        want = [self.state_shape] if _is_shape(self.state_shape) else list(self.state_shape)
+        if got != want:
+            raise ValueError(
+                f"`initial_state` must have shape(s) (batch, *{self.state_shape}). "
+                "Received: initial_state.shape="
+                + ", ".join(str(tuple(t.shape)) for t in tf.nest.flatten(z0))
+            )
+        batch = tf.nest.flatten(inputs)[0].shape[0]
+        for t in tf.nest.flatten(z0):
+            if batch is not None and t.shape[0] is not None and batch != t.shape[0]:
                 raise ValueError(
                     "`initial_state` and the inputs must have the same batch size. Received: "
-                    f"initial_state.shape={tuple(z0.shape)}, inputs shape={tuple(tf.nest.flatten(inputs)[0].shape)}"
+                    f"initial_state.shape={tuple(t.shape)}, inputs shape="
+                    f"{tuple(tf.nest.flatten(inputs)[0].shape)}"
                 )
+        return z0
+
+    def _solve(self, inputs, z0, on_failure):
         return fixed_point(
-            cell_function(self.cell),
+            solvers_lib.Problem.of(self.cell),
             z0,
             inputs,
             solver=self.solver,
@@ -240,30 +323,74 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             tol=self.tol,
             max_iter=self.max_iter,
             stop_mode=self.stop_mode,
-            on_failure=self.on_failure,
+            on_failure=on_failure,
             backward_callback=self._record_backward,
             check_captures=False,
             jit_loop=self.jit_loop,
         )
+
+    def _compiled_solve(self, with_state):
+        """The solve as a `tf.function`, cached per setting that changes its graph.
+
+        Eager calls (notebooks, custom loops, attacks) run it instead of the
+        op-by-op loop (30-140x slower). `reduce_retracing` relaxes the batch
+        axis after a second shape, so new batch sizes do not retrace."""
+        key = (self.solver, self.backward, self.tol, self.max_iter, self.stop_mode,
+               self.jit_loop, with_state, self.compute_dtype)
+        fn = self._compiled.functions.get(key)
+        if fn is None:
+            fn = tf.function(lambda x, z0: self._solve(x, z0, "ignore"),
+                             reduce_retracing=True, autograph=False)
+            self._compiled.functions[key] = fn
+        return fn
+
+    def solve(self, inputs, initial_state=None):
+        """Returns `(z*, SolverInfo)` whatever `return_info` says (no readout)."""
+        if initial_state is None:
+            z0 = self.initial_state(inputs)
+        else:
+            z0 = self._check_initial_state(inputs, initial_state)
+        if self.compile_eager and tf.executing_eagerly() and not _higher_order_tape(
+                ([inputs, z0], self.cell.trainable_variables)):
+            z, info = self._compiled_solve(initial_state is not None)(inputs, z0)
+            report_failure(info, self.on_failure)
+            return z, info
+        return self._solve(inputs, z0, self.on_failure)
+
+    def readout(self, z):
+        """Maps the equilibrium to the layer's output (the identity here;
+        families override it, with `readout_shape`)."""
+        return z
+
+    def readout_shape(self, state_shape, input_shape):
+        """The output shape (without batch) of `readout` for a state of `state_shape`."""
+        return state_shape
 
     def call(self, inputs, initial_state=None):
         z, info = self.solve(inputs, initial_state)
         if self.track_metrics:
             self.fwd_iters_metric.update_state(tf.cast(info.iterations, "float32"))
             self.fwd_res_metric.update_state(tf.cast(info.residual, "float32"))
-        return (z, info) if self.return_info else z
+            for b, metric in enumerate(self.block_res_metrics):
+                metric.update_state(tf.cast(info.block_residuals[:, b], "float32"))
+        y = self.readout(z)
+        return (y, info) if self.return_info else y
+
+    def _output_shape(self, input_shape):
+        state_shape = self.state_shape or _state_shape(self.cell, input_shape)
+        return self.readout_shape(state_shape, tuple(input_shape))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0],) + (self.state_shape or _state_shape(self.cell, input_shape))
+        return _batched(input_shape[0], self._output_shape(input_shape), tuple)
 
     def compute_output_spec(self, inputs, initial_state=None):
         batch = inputs.shape[0]
-        state_shape = self.state_shape or _state_shape(self.cell, inputs.shape)
-        z = keras.KerasTensor((batch,) + state_shape, dtype=self.compute_dtype)
+        y = _batched(batch, self._output_shape(inputs.shape),
+                     lambda s: keras.KerasTensor(s, dtype=self.compute_dtype))
         if not self.return_info:
-            return z
-        info = _info_spec(batch, self.max_iter, self.compute_dtype)
-        return z, info
+            return y
+        state_shape = self.state_shape or _state_shape(self.cell, inputs.shape)
+        return y, _info_spec(batch, self.max_iter, self.compute_dtype, _blocks(state_shape))
 
     def backward_layer(self, **overrides):
         """A `BackwardFPI` sharing this layer's cell and its adjoint settings."""
@@ -289,6 +416,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             "backward": backward_lib.serialize(self.backward),
             "track_metrics": self.track_metrics,
             "jit_loop": self.jit_loop,
+            "compile_eager": self.compile_eager,
         }
         return {**super().get_config(), **config}
 
@@ -344,13 +472,18 @@ class BackwardFPI(_SolveSettings, keras.layers.Layer):
                 "BackwardFPI is called on a tuple (x, z_star, dz). "
                 f"Received: input shapes {input_shape!r}"
             )
-        x_shape, z_shape, dz_shape = (tuple(s) for s in input_shape)
+        x_shape, z_shape, dz_shape = input_shape
+        x_shape = tuple(x_shape)
         if self.state_shape is None:
             self.state_shape = _state_shape(self.cell, x_shape)
+        want = [self.state_shape] if _is_shape(self.state_shape) else list(self.state_shape)
         for name, shape in (("z_star", z_shape), ("dz", dz_shape)):
-            if shape[1:] != self.state_shape:
+            nested = isinstance(shape, (tuple, list)) and shape and isinstance(
+                shape[0], (tuple, list, tf.TensorShape))
+            shapes = list(shape) if nested else [shape]
+            if [tuple(s)[1:] for s in shapes] != want:
                 raise ValueError(
-                    f"`{name}` must have shape (batch, *{self.state_shape}). "
+                    f"`{name}` must have shape(s) (batch, *{self.state_shape}). "
                     f"Received: {name}.shape={shape}"
                 )
         if not self.cell.built:
@@ -360,9 +493,7 @@ class BackwardFPI(_SolveSettings, keras.layers.Layer):
     def solve(self, x, z_star, dz):
         """Returns `(c, dx, SolverInfo)` whatever `return_info` says."""
         spec = SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode)
-        c, arg_grads, _, info = backward_lib.adjoint_solve(
-            cell_function(self.cell), z_star, (x,), dz, spec
-        )
+        c, arg_grads, _, info = backward_lib.adjoint_solve(self.cell, z_star, (x,), dz, spec)
         report_failure(info, self.on_failure, "adjoint solve")
         return c, arg_grads[0], info
 
@@ -373,12 +504,12 @@ class BackwardFPI(_SolveSettings, keras.layers.Layer):
 
     def compute_output_spec(self, inputs):
         x, z_star, _ = inputs
-        c = keras.KerasTensor(z_star.shape, dtype=self.compute_dtype)
+        c = tf.nest.map_structure(lambda t: keras.KerasTensor(t.shape, dtype=self.compute_dtype), z_star)
         dx = keras.KerasTensor(x.shape, dtype=self.compute_dtype)
         if not self.return_info:
             return c, dx
         batch = x.shape[0]
-        info = _info_spec(batch, self.max_iter, self.compute_dtype)
+        info = _info_spec(batch, self.max_iter, self.compute_dtype, len(tf.nest.flatten(z_star)))
         return c, dx, info
 
     def get_config(self):

@@ -13,10 +13,10 @@ from keras_implicit.operators import (
     DenseOperator,
     FourierOperator,
     MultiTierOperator,
-    SplittingProblem,
     adjoint_prox,
     kernel_spectrum,
 )
+from keras_implicit.solvers.problem import Splitting
 from keras_implicit.solvers.splitting import ForwardBackward
 
 # torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the paper's code.
@@ -43,8 +43,8 @@ class MonotoneCell(keras.layers.Layer):
     becomes `h B / ||B||_F` with learned scalars `g`, `h`.
 
     Besides `call`, the cell gives the operator-splitting solvers their
-    structure (`splitting_problem`) and the backward pass its transposed
-    problem (`adjoint_splitting_problem`, Theorem 3).
+    structure (`splitting`) and the adjoint its transposed problem
+    (`adjoint_splitting`, Theorem 3).
 
     Args:
         units: int, width of the hidden state.
@@ -117,28 +117,30 @@ class MonotoneCell(keras.layers.Layer):
         wz = self._unflat(self.operator().multiply(self._flat(z)), z)
         return self.prox(wz + self.input_injection(x), 1.0)
 
-    def splitting_problem(self, x):
+    def splitting(self, x):
         """`z = prox(W z + U x + b)` for the splitting solvers (on flat states)."""
-        return SplittingProblem(self.operator(), self._flat(self.input_injection(x)), self._flat_prox)
+        return Splitting(self.operator(), self._flat(self.input_injection(x)), self._flat_prox,
+                         start=self._flat, finish=lambda z: self._unflat(z, None))
 
     def _flat_prox(self, v, alpha):
         return self._flat(self.prox(self._unflat(v, None), alpha))
 
-    def adjoint_splitting_problem(self, z_star, dz, x, forward_problem=None):
-        """The backward pass as a splitting problem (Theorem 3).
+    def adjoint_splitting(self, z_star, dz, x, forward=None):
+        """The adjoint equation as a splitting (Theorem 3).
 
         Solves for `y = J c` in `0 in (I - W^T) y + D y - (1 + D) J dz`
-        (`J` the activation's derivative at `z_star`, `D = (1 - J)/J`), and
-        maps it to the adjoint `c = dz + W^T y`. The resolvent of
-        `forward_problem` (the forward pass of the same call) is reused when
-        it is valid here.
+        (`J` the activation's derivative at `z_star`, `D = (1 - J)/J`) from
+        `y = 0`, and maps it to the adjoint `c = dz + W^T y`. The resolvent
+        of `forward` (the forward splitting of the same call) is reused when
+        it was built for the same alpha.
         """
         op = self.operator()
         j = self._flat(self.derivative(z_star))
         g = self._flat(dz)
-        problem = SplittingProblem(op, None, adjoint_prox(j, j * g), transpose=True,
-                                   reuse_from=forward_problem)
-        return problem, tf.zeros_like(g), lambda y: dz + self._unflat(op.multiply_transpose(y), dz)
+        return Splitting(op, None, adjoint_prox(j, j * g), transpose=True,
+                         start=lambda c0: tf.zeros_like(g),
+                         finish=lambda y: dz + self._unflat(op.multiply_transpose(y), dz),
+                         reuse=forward)
 
     def compute_output_shape(self, z_shape, x_shape=None):
         return tuple(z_shape)

@@ -1,20 +1,23 @@
 """Fixed-point solvers and their registry.
 
 Every solver is driven by `keras_implicit.solvers.solve`, the package's one
-`tf.while_loop`. Identifiers: `"fixed_point"`, `"anderson"`, `"broyden"` (any map), and
+`tf.while_loop`. Identifiers: `"fixed_point"`, `"anderson"`, `"broyden"`, `"halpern"` (any map), and
 `"peaceman_rachford"`, `"forward_backward"` (operator splitting for cells
 with the structure `z = prox(W z + b)`, e.g. `MonotoneDense`).
 """
 
 from keras_implicit.registry import Registry
 from keras_implicit.solvers.anderson import Anderson
-from keras_implicit.solvers.base import Packer, Solver, solve
+from keras_implicit.solvers.base import Solver, solve
 from keras_implicit.solvers.broyden import Broyden
 from keras_implicit.solvers.fixed_point_iteration import FixedPointIteration
+from keras_implicit.solvers.halpern import Halpern
+from keras_implicit.solvers.problem import BoundProblem, MapForm, Packer, Problem, Splitting
+from keras_implicit.solvers.spec import SolveSpec
 from keras_implicit.solvers.splitting import ForwardBackward, PeacemanRachford
 
 _REGISTRY = Registry("solver", Solver)
-for _cls in (FixedPointIteration, Anderson, Broyden, PeacemanRachford, ForwardBackward):
+for _cls in (FixedPointIteration, Anderson, Broyden, Halpern, PeacemanRachford, ForwardBackward):
     _REGISTRY.register(_cls)
 
 get = _REGISTRY.get
@@ -24,12 +27,18 @@ register = _REGISTRY.register
 
 __all__ = [
     "Anderson",
+    "BoundProblem",
     "Broyden",
     "FixedPointIteration",
     "ForwardBackward",
+    "Halpern",
+    "MapForm",
     "PeacemanRachford",
     "Packer",
+    "Problem",
+    "SolveSpec",
     "Solver",
+    "Splitting",
     "deserialize",
     "get",
     "register",

@@ -1,10 +1,11 @@
 """The one loop driver shared by every solver, and the `Solver` base class.
 
-A solver works on a flat `[batch, n]` view of the (possibly nested) state and
-implements two methods:
+A solver declares what it needs from the problem (`requires = "map"` or
+`"splitting"`, see `solvers.problem`), works on a flat `[batch, n]` view of
+the (possibly nested) state and implements two methods:
 
 * `init(F, z) -> state`: its own loop state, a tuple of tensors whose shapes
-  never change.
+  never change. `F` is the form of the problem the solver asked for.
 * `step(F, z, state, k) -> (z_next, state, candidate, diff, ref)`: one
   iteration from iterate `z`. `candidate` is the iterate that the residual
   `||diff||` belongs to (for the generic solvers `candidate = z` and
@@ -18,6 +19,7 @@ gradients.
 import tensorflow as tf
 
 from keras_implicit import info as info_lib
+from keras_implicit.solvers.problem import BoundProblem
 
 try:  # a tape watching the loop (Unrolled) needs the residuals cut off
     from tensorflow.python.eager.record import could_possibly_record
@@ -39,6 +41,8 @@ class Solver:
     """
 
     name = None
+    # What the solver needs from the problem: "map" or "splitting".
+    requires = "map"
     # Whether `jit_loop` pays off: solvers with many small per-iteration ops
     # (Anderson, Broyden) run 3-4x faster per iteration in an XLA loop; for
     # plain iteration, whose step is the cell itself, the nested XLA call
@@ -83,57 +87,6 @@ def check_tol_and_max_iter(tol, max_iter, stop_mode):
         )
 
 
-# --- flat views of nested states -------------------------------------------
-
-
-class Packer:
-    """Maps a nested structure of `[batch, ...]` tensors to `[batch, n]` and back."""
-
-    def __init__(self, structure):
-        self.structure = structure
-        leaves = tf.nest.flatten(structure)
-        if not leaves:
-            raise ValueError("The fixed-point state must contain at least one tensor.")
-        self.shapes = []
-        for leaf in leaves:
-            if leaf.shape.rank is None or leaf.shape.rank < 1:
-                raise ValueError(
-                    "Every tensor of the fixed-point state needs a leading batch "
-                    f"axis. Received: a tensor of shape {leaf.shape}"
-                )
-            inner = leaf.shape[1:]
-            if not inner.is_fully_defined():
-                raise ValueError(
-                    "The fixed-point state needs fully known shapes apart from the "
-                    f"batch axis. Received: a tensor of shape {leaf.shape}"
-                )
-            self.shapes.append(inner)
-        self.sizes = [int(s.num_elements()) for s in self.shapes]
-        self.size = sum(self.sizes)
-        self.dtype = leaves[0].dtype
-        # The common case, one [batch, n] tensor, costs nothing to pack.
-        self.trivial = len(leaves) == 1 and len(self.shapes[0]) == 1
-
-    def pack(self, structure):
-        leaves = tf.nest.flatten(structure)
-        if self.trivial:
-            return leaves[0]
-        batch = tf.shape(leaves[0])[0]
-        flat = [tf.reshape(leaf, [batch, n]) for leaf, n in zip(leaves, self.sizes)]
-        return flat[0] if len(flat) == 1 else tf.concat(flat, axis=1)
-
-    def unpack(self, flat):
-        if self.trivial:
-            return tf.nest.pack_sequence_as(self.structure, [flat])
-        batch = tf.shape(flat)[0]
-        parts = tf.split(flat, self.sizes, axis=1) if len(self.sizes) > 1 else [flat]
-        leaves = [
-            tf.reshape(p, tf.concat([[batch], s.as_list()], axis=0))
-            for p, s in zip(parts, self.shapes)
-        ]
-        return tf.nest.pack_sequence_as(self.structure, leaves)
-
-
 def row_sum(t):
     """Sum over the last axis, keeping it (size 1), as a matrix-vector product.
 
@@ -155,15 +108,25 @@ def _sq_norm(x):
     return row_sum(tf.square(x))
 
 
-def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10,
-          structure=None, jit_loop=False):
-    """Runs `solver` on `z = f(z)` from `z0`; the single `tf.while_loop` of the package.
+def _block_matrix(sizes, dtype):
+    """`[n, blocks]` 0/1 matrix summing a flat state's entries per block."""
+    rows = []
+    for b, size in enumerate(sizes):
+        rows += [[1.0 if j == b else 0.0 for j in range(len(sizes))]] * size
+    return tf.constant(rows, dtype)
+
+
+def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10,
+          jit_loop=False):
+    """Runs `solver` on a fixed-point problem from `z0`; the single `tf.while_loop` of the package.
 
     Args:
-        f: callable mapping a state (nested structure of `[batch, ...]`
-            tensors, like `z0`) to a state of the same structure.
+        problem: a `BoundProblem` (see `solvers.problem`), or a callable
+            mapping a state (nested structure of `[batch, ...]` tensors, like
+            `z0`) to a state of the same structure.
         z0: initial state.
-        solver: a `Solver` instance.
+        solver: a `Solver` instance; it receives the form of the problem
+            that its `requires` names.
         tol: stop when every sample's residual is `<= tol`.
         max_iter: at most this many iterations (function evaluations).
         stop_mode: `"abs"` for `||f(z) - z||`, `"rel"` for
@@ -171,9 +134,6 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
             Choi's rule `||f(z) - z||^2 / (1e-6 + ||z||^2)` (squared change
             relative to the current iterate; `tol` applies to that squared
             ratio), per sample.
-        structure: optional problem structure for solvers that need it
-            (operator splitting); they find it as `F.structure`, with the
-            state's `Packer` as `F.packer`.
         jit_loop: in graph mode, compile the loop with XLA (as a nested
             `tf.function(jit_compile=True)`) even when the surrounding graph
             is not, for solvers whose `compile_loop` is True. XLA fuses the
@@ -184,7 +144,8 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
 
     Returns:
         `(z, info)`: the lowest-residual iterate of each sample, in the
-        structure of `z0`, and a `SolverInfo`.
+        structure of `z0`, and a `SolverInfo` (with the absolute residual of
+        each block of a nested state in `block_residuals`).
 
     The loop is differentiable (the `Unrolled` backward mode backpropagates
     through it); shapes and dtypes of the loop state never change, so it
@@ -197,19 +158,20 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     trace written into a `TensorArray`, and no iteration test in `cond`
     (`maximum_iterations` already bounds the loop).
     """
-    packer = Packer(z0)
-    z0_flat = packer.pack(z0)
+    if not isinstance(problem, BoundProblem):
+        problem = BoundProblem(problem)
+    F = problem.form(solver, z0)
+    z0_flat = F.start(z0)
     dtype = z0_flat.dtype
     max_iter = int(max_iter)
     # The loop compares squared quantities ("rel_sq" is squared already).
     squared = stop_mode != "rel_sq"
     tol_sq = tf.constant(float(tol) ** 2 if squared else float(tol), dtype)
-
-    def F(z_flat):
-        return packer.pack(f(packer.unpack(z_flat)))
-
-    F.structure = structure
-    F.packer = packer
+    # Per-block squared residuals: tracked apart only when they differ from
+    # the stopping residual (several blocks, or a relative stop mode).
+    blocks = F.block_sizes
+    track_blocks = len(blocks) > 1 or stop_mode != "abs"
+    block_matrix = _block_matrix(blocks, dtype) if len(blocks) > 1 else None
 
     batch = tf.shape(z0_flat)[0]
     inf = tf.fill(tf.stack([batch, 1]), tf.constant(float("inf"), dtype))
@@ -217,6 +179,11 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
     # The residuals steer the loop and never carry gradients; the stop is
     # only needed where a tape could record the loop (the Unrolled mode).
     stop = tf.stop_gradient if could_possibly_record() else (lambda t: t)
+
+    def block_sq(diff):
+        if block_matrix is None:
+            return _sq_norm(diff)
+        return tf.matmul(tf.square(diff), block_matrix)
 
     def measure(diff, ref, cand):
         res = _sq_norm(diff)
@@ -226,11 +193,11 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
             res = res / (REL_EPS + _sq_norm(cand))
         return stop(res)
 
-    def cond(k, z, state, best_z, best_res, ok, trace):
+    def cond(k, z, state, best_z, best_res, best_blocks, ok, trace):
         # Go on while some sample is neither converged nor broken.
         return tf.reduce_any(ok & (best_res > tol_sq))
 
-    def body(k, z, state, best_z, best_res, ok, trace):
+    def body(k, z, state, best_z, best_res, best_blocks, ok, trace):
         z_next, state, cand, diff, ref = solver.step(F, z, state, k)
         # Loop variables keep their static shapes (reshapes inside a solver or
         # an operator may lose them).
@@ -243,9 +210,11 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         better = res < best_res  # false for NaN
         best_z = tf.where(better, cand, best_z)
         best_res = tf.where(better, res, best_res)
+        if track_blocks:
+            best_blocks = tf.where(better, stop(block_sq(diff)), best_blocks)
         ok = ok & finite
         trace = trace.write(k, tf.reduce_max(tf.where(finite, res, tf.zeros_like(res))))
-        return k + 1, z_next, state, best_z, best_res, ok, trace
+        return k + 1, z_next, state, best_z, best_res, best_blocks, ok, trace
 
     loop_vars = (
         tf.constant(0, tf.int32),
@@ -253,6 +222,8 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         state0,
         z0_flat,
         inf,
+        tf.fill(tf.stack([batch, len(blocks)]), tf.constant(float("inf"), dtype)) if track_blocks
+        else tf.zeros([0], dtype),
         tf.ones(tf.stack([batch, 1]), tf.bool),
     )
 
@@ -272,11 +243,14 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         out = tf.function(run_loop, jit_compile=True, autograph=False)(*flat_vars)
     else:
         out = run_loop(*flat_vars)
-    k, _, _, best_z, best_res, ok = tf.nest.pack_sequence_as(loop_vars, list(out[:-1]))
+    k, _, _, best_z, best_res, best_blocks, ok = tf.nest.pack_sequence_as(loop_vars, list(out[:-1]))
     trace = out[-1]
     # Converged by the loop's own test (before the square root, which could
     # round a residual equal to tol up past it).
     converged = best_res[:, 0] <= tol_sq
+    if not track_blocks:
+        best_blocks = best_res
+    best_blocks = tf.sqrt(best_blocks)
     best_res = tf.sqrt(best_res[:, 0]) if squared else best_res[:, 0]
     bad = tf.logical_not(ok[:, 0])
     status = tf.where(
@@ -296,5 +270,6 @@ def solve(f, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterat
         converged=converged,
         trace=tf.stop_gradient(trace),
         status=tf.cast(status, tf.int32),
+        block_residuals=tf.stop_gradient(best_blocks),
     )
-    return packer.unpack(best_z), info
+    return F.finish(best_z), info

@@ -30,26 +30,26 @@ class PeacemanRachford(Solver):
     `tol` while `u` still moves where the prox is flat (relu's negative
     side), and then stops at a wrong point: we measured it with alpha = 10
     from random starts. Both agree at the solution. Needs a cell that
-    provides `splitting_problem` (e.g. `MonotoneDense`).
+    provides `splitting(x)` (e.g. `MonotoneDense`'s).
 
     Args:
         alpha: float > 0, default 1.0.
     """
 
     name = "peaceman_rachford"
-    needs_structure = True
+    requires = "splitting"
     compile_loop = False  # a few large ops per step (FFTs, matmuls): little to fuse
 
     def __init__(self, alpha=1.0):
         self.alpha = check_alpha(alpha)
 
     def init(self, F, z):
-        F.structure.prepare(self.alpha)
+        F.prepare(self.alpha)
         return (z,)
 
     def step(self, F, z, state, k):
         (u,) = state
-        problem = F.structure
+        problem = F  # a `Splitting`
         # z = prox(u) by construction; computing it from u (rather than taking
         # the driver's z) keeps a start z0 that is not prox(u0) consistent.
         z = problem.prox(u)
@@ -73,26 +73,25 @@ class ForwardBackward(Solver):
 
     Converges when `alpha <= 2 m / L^2` with `L = ||I - W||_2`; above that it
     may diverge (the status then says so). Needs a cell that provides
-    `splitting_problem`.
+    `splitting(x)`.
 
     Args:
         alpha: float > 0, default 0.1.
     """
 
     name = "forward_backward"
-    needs_structure = True
+    requires = "splitting"
     compile_loop = False
 
     def __init__(self, alpha=0.1):
         self.alpha = check_alpha(alpha)
 
     def init(self, F, z):
-        F.structure.prepare(self.alpha)
+        F.prepare(self.alpha)
         return ()
 
     def step(self, F, z, state, k):
-        problem = F.structure
-        z_new = problem.prox((1.0 - self.alpha) * z + self.alpha * problem.affine(z))
+        z_new = F.prox((1.0 - self.alpha) * z + self.alpha * F.affine(z))
         return z_new, state, z_new, z_new - z, z_new
 
     def get_config(self):
