@@ -1,0 +1,194 @@
+"""One harness every public layer goes through (like Keras' `run_layer_test`).
+
+For each class in `keras_implicit.layers`: build and call it (float64), check
+the fixed-point residual (equilibrium layers and cells), round-trip
+`get_config`/`from_config` and `.keras` with identical outputs, check the
+gradients of the input and of every weight against central finite
+differences, and export a model holding it (reloaded, same outputs). A
+public layer without a case here fails `test_every_layer_has_a_case`.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+from keras_implicit import layers as L
+
+F64 = {"dtype": "float64"}
+TOL = {"tol": 1e-11, "max_iter": 500}
+
+
+def _cell_case(cell, x_shape):
+    """A cell is tested inside a `ForwardFPI` (its own call is `cell(z, x)`)."""
+    return lambda: L.ForwardFPI(cell(), **TOL, **F64), x_shape, "cell"
+
+
+CASES = {
+    "ForwardFPI": (lambda: L.ForwardFPI(L.DenseCell(5, **F64), **TOL, **F64), (3, 4), "equilibrium"),
+    "BackwardFPI": (None, None, "backward"),
+    "DenseCell": _cell_case(lambda: L.DenseCell(5, **F64), (3, 4)),
+    "FPINetwork": (lambda: L.FPINetwork(4, hidden=6, **TOL, **F64), (3, 5), "equilibrium"),
+    "FPINetworkCell": _cell_case(lambda: L.FPINetworkCell(4, hidden=6, **F64), (3, 5)),
+    "FPIGradientDescent": (lambda: L.FPIGradientDescent(4, hidden=6, l2=0.5, **TOL, **F64), (3, 5),
+                           "equilibrium"),
+    "EnergyDescentCell": _cell_case(
+        lambda: L.EnergyDescentCell(4, energy=L.ReLUEnergy(hidden=6, l2=0.5, **F64), **F64), (3, 5)),
+    "ReLUEnergy": (lambda: L.ReLUEnergy(hidden=6, **F64), (3, 5), "energy"),
+    "MonotoneDense": (lambda: L.MonotoneDense(6, **TOL, **F64), (3, 4), "equilibrium"),
+    "MonotoneCell": _cell_case(lambda: L.MonotoneCell(6, **F64), (3, 4)),
+    "MonotoneConv2D": (lambda: L.MonotoneConv2D(2, **TOL, **F64), (2, 4, 4, 1), "equilibrium"),
+    "MonotoneConvCell": _cell_case(lambda: L.MonotoneConvCell(2, **F64), (2, 4, 4, 1)),
+    "MonotoneMultiscale": (lambda: L.MonotoneMultiscale((2, 2), **TOL, **F64), (2, 2, 2, 1), "equilibrium"),
+    "MonotoneMultiscaleCell": _cell_case(lambda: L.MonotoneMultiscaleCell((2, 2), **F64), (2, 2, 2, 1)),
+    "LipschitzDense": (lambda: L.LipschitzDense(6, 3, **TOL, **F64), (3, 4), "equilibrium"),
+    "LipschitzCell": _cell_case(lambda: L.LipschitzCell(6, 3, **F64), (3, 4)),
+    "LipschitzConv2D": (lambda: L.LipschitzConv2D(2, 3, **TOL, **F64), (2, 4, 4, 1), "equilibrium"),
+    "LipschitzConvCell": _cell_case(lambda: L.LipschitzConvCell(2, 3, **F64), (2, 4, 4, 1)),
+    "SLLDense": (lambda: L.SLLDense(5, **F64), (3, 5), "explicit"),
+    "CPLDense": (lambda: L.CPLDense(5, **F64), (3, 5), "explicit"),
+    "AOLDense": (lambda: L.AOLDense(5, **F64), (3, 5), "explicit"),
+    "SandwichDense": (lambda: L.SandwichDense(5, **F64), (3, 5), "explicit"),
+    "SLLConv2D": (lambda: L.SLLConv2D(2, **F64), (2, 4, 4, 2), "explicit"),
+}
+
+
+def _public_layer_classes():
+    return sorted(
+        name for name in L.__all__
+        if isinstance(getattr(L, name), type) and issubclass(getattr(L, name), keras.layers.Layer)
+    )
+
+
+def test_every_layer_has_a_case():
+    assert sorted(CASES) == _public_layer_classes()
+
+
+def _call(layer, x):
+    if isinstance(layer, L.ReLUEnergy):  # energy(x, y): x of the state's size, y the input
+        return layer(x[:, :3], x)
+    return layer(x)
+
+
+def _residual(layer, x):
+    """`max |cell(z*, x) - z*|` of the layer's own equilibrium."""
+    z, _ = layer.solve(x)
+    fz = layer.cell(z, x)
+    return max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(tf.nest.flatten(fz), tf.nest.flatten(z)))
+
+
+def _check_gradients(layer, x, r):
+    def loss():
+        return tf.reduce_sum(tf.sin(_call(layer, x)) * r)
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss()
+    grads = tape.gradient(value, [x] + layer.trainable_variables)
+    # An LBEN cell holds the output map that only its layer's readout uses.
+    unused = {v.name for v, g in zip(layer.trainable_variables, grads[1:]) if g is None}
+    assert unused <= {"output_kernel", "output_bias"}, unused
+    variables = [v for v, g in zip(layer.trainable_variables, grads[1:]) if g is not None]
+    grads = [grads[0]] + [g for g in grads[1:] if g is not None]
+    rng = np.random.default_rng(7)
+    h = 1e-6
+    # one random direction in the input, one in all weights together
+    dx = rng.standard_normal(x.shape)
+    fd = (float(tf.reduce_sum(tf.sin(_call(layer, x + h * dx)) * r))
+          - float(tf.reduce_sum(tf.sin(_call(layer, x - h * dx)) * r))) / (2 * h)
+    assert abs(fd - float(np.sum(grads[0].numpy() * dx))) <= 1e-6 * max(1.0, abs(fd))
+    dirs = [rng.standard_normal(v.shape) for v in variables]
+    base = [v.numpy() for v in variables]
+    vals = []
+    for s in (1, -1):
+        for v, b, d in zip(variables, base, dirs):
+            v.assign(b + s * h * d)
+        vals.append(float(loss()))
+    for v, b in zip(variables, base):
+        v.assign(b)
+    fd = (vals[0] - vals[1]) / (2 * h)
+    an = sum(float(np.sum(g.numpy() * d)) for g, d in zip(grads[1:], dirs))
+    assert abs(fd - an) <= 1e-6 * max(1.0, abs(fd))
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] != "backward"))
+def test_layer_harness(name, tmp_path):
+    make, x_shape, kind = CASES[name]
+    keras.utils.set_random_seed(0)
+    layer = make()
+    x = tf.constant(np.random.default_rng(1).standard_normal(x_shape))
+    y = _call(layer, x)
+    assert np.isfinite(y.numpy()).all()
+    if kind in ("equilibrium", "cell"):
+        assert _residual(layer, x) < 1e-8
+
+    # config round trip: same class, same config, same output with the same weights
+    clone = type(layer).from_config(layer.get_config())
+    _call(clone, x)
+    clone.set_weights(layer.get_weights())
+    assert clone.get_config() == layer.get_config()
+    np.testing.assert_allclose(_call(clone, x).numpy(), y.numpy(), atol=1e-10)
+
+    # .keras round trip inside a model
+    inputs = keras.Input(x_shape[1:], dtype="float64")
+    if kind == "energy":
+        model = keras.Model(inputs, layer(inputs[:, :3], inputs))
+    else:
+        model = keras.Model(inputs, layer(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded(x).numpy(), y.numpy(), atol=1e-10)
+
+    r = tf.constant(np.random.default_rng(2).standard_normal(y.shape))
+    _check_gradients(layer, x, r)
+
+    names = ki.export_saved_model(model, tmp_path / "export")
+    reloaded = tf.saved_model.load(str(tmp_path / "export"))  # keep it: its variables live with it
+    served = reloaded.serve(x)
+    np.testing.assert_allclose(served.numpy(), y.numpy(), atol=1e-9)
+    if kind in ("equilibrium", "cell"):
+        assert f"{layer.name}_forward" in names and f"{layer.name}_backward" in names
+
+
+def test_backward_fpi_harness(tmp_path):
+    keras.utils.set_random_seed(0)
+    fwd = L.ForwardFPI(L.DenseCell(5, **F64), **TOL, **F64)
+    x = tf.constant(np.random.default_rng(1).standard_normal((3, 4)))
+    z = fwd(x)
+    dz = tf.constant(np.random.default_rng(2).standard_normal((3, 5)))
+    node = fwd.backward_layer(tol=1e-12)
+    c, dx = node((x, z, dz))
+    # the adjoint's residual: c = J^T c + dz
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        fz = fwd.cell(z, x)
+    jtc = tape.gradient(fz, z, output_gradients=c)
+    assert float(tf.reduce_max(tf.abs(jtc + dz - c))) < 1e-10
+    clone = L.BackwardFPI.from_config(node.get_config())
+    assert clone.get_config() == node.get_config()
+    xi, zi, dzi = (keras.Input(s, dtype="float64") for s in ((4,), (5,), (5,)))
+    model = keras.Model([xi, zi, dzi], list(node((xi, zi, dzi))))
+    model.save(tmp_path / "b.keras")
+    loaded = keras.models.load_model(tmp_path / "b.keras")
+    for a, b in zip(loaded([x, z, dz]), (c, dx)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10)
+    # dx is the gradient of <z*, dz> through the forward layer
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        s = tf.reduce_sum(fwd(x) * dz)
+    np.testing.assert_allclose(dx.numpy(), tape.gradient(s, x).numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("backward", ["implicit", "phantom", "jacobian_free", "unrolled",
+                                      {"class_name": "implicit", "config": {"solver": "broyden", "tol": 1e-9,
+                                                                            "max_iter": 80, "stop_mode": "rel"}}])
+def test_backward_modes_serialize_with_the_layer(backward, tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    layer = L.ForwardFPI(L.DenseCell(5), backward=backward, name="deq")
+    model = keras.Model(inputs, layer(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras").get_layer("deq")
+    assert loaded.backward == layer.backward
+    assert ki.backward.deserialize(ki.backward.serialize(layer.backward)) == layer.backward
