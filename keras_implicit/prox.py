@@ -19,6 +19,7 @@ first four; with `alpha = 1` any listed activation works.
 """
 
 import tensorflow as tf
+from keras_implicit import validation
 
 
 class Prox:
@@ -63,8 +64,7 @@ class SoftThreshold(Prox):
     name = "soft_threshold"
 
     def __init__(self, lam=0.1):
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-            raise ValueError(f"`lam` must be a number >= 0. Received: lam={lam!r}")
+        validation.number(lam, "lam", low_open=False)
         self.lam = float(lam)
 
     def prox(self, v, alpha):

@@ -9,6 +9,7 @@ margin between two logits is `sqrt(2) gamma`-Lipschitz, since
 import keras
 import numpy as np
 import tensorflow as tf
+from keras_implicit import validation
 
 
 def _check_lipschitz(lipschitz):
@@ -85,8 +86,7 @@ def empirical_lipschitz(model, x, steps=200, pairs=64, learning_rate=0.01, init_
         float, `max |f(a) - f(b)| / |a - b|` over the search.
     """
     for name, value in (("steps", steps), ("pairs", pairs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        validation.integer(value, "value")
     x = np.asarray(x)
     # the inputs' float dtype (a float64 check needs float64 inputs)
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32

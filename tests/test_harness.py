@@ -20,32 +20,35 @@ F64 = {"dtype": "float64"}
 TOL = {"tol": 1e-11, "max_iter": 500}
 
 
-def _cell_case(cell, x_shape):
-    """A cell is tested inside a `ForwardFPI` (its own call is `cell(z, x)`)."""
-    return lambda: L.ForwardFPI(cell(), **TOL, **F64), x_shape, "cell"
+def _cell_case(cell, x_shape, covered_by):
+    """A cell runs inside a `ForwardFPI` (its own call is `cell(z, x)`): the
+    fixed-point residual and its own serialization are checked here; the
+    `.keras` file, gradients and export of the same cell class run in the
+    case of the layer that holds it (`covered_by`)."""
+    return lambda: L.ForwardFPI(cell(), **TOL, **F64), x_shape, "cell", covered_by
 
 
 CASES = {
     "ForwardFPI": (lambda: L.ForwardFPI(L.DenseCell(5, **F64), **TOL, **F64), (3, 4), "equilibrium"),
-    "BackwardFPI": (None, None, "backward"),
-    "DenseCell": _cell_case(lambda: L.DenseCell(5, **F64), (3, 4)),
+    "BackwardFPI": (None, None, "backward"),  # test_backward_fpi_harness
+    "DenseCell": _cell_case(lambda: L.DenseCell(5, **F64), (3, 4), "ForwardFPI"),
     "FPINetwork": (lambda: L.FPINetwork(4, hidden=6, **TOL, **F64), (3, 5), "equilibrium"),
-    "FPINetworkCell": _cell_case(lambda: L.FPINetworkCell(4, hidden=6, **F64), (3, 5)),
+    "FPINetworkCell": _cell_case(lambda: L.FPINetworkCell(4, hidden=6, **F64), (3, 5), "FPINetwork"),
     "FPIGradientDescent": (lambda: L.FPIGradientDescent(4, hidden=6, l2=0.5, **TOL, **F64), (3, 5),
                            "equilibrium"),
     "EnergyDescentCell": _cell_case(
-        lambda: L.EnergyDescentCell(4, energy=L.ReLUEnergy(hidden=6, l2=0.5, **F64), **F64), (3, 5)),
+        lambda: L.EnergyDescentCell(4, energy=L.ReLUEnergy(hidden=6, l2=0.5, **F64), **F64), (3, 5), "FPIGradientDescent"),
     "ReLUEnergy": (lambda: L.ReLUEnergy(hidden=6, **F64), (3, 5), "energy"),
     "MonotoneDense": (lambda: L.MonotoneDense(6, **TOL, **F64), (3, 4), "equilibrium"),
-    "MonotoneCell": _cell_case(lambda: L.MonotoneCell(6, **F64), (3, 4)),
+    "MonotoneCell": _cell_case(lambda: L.MonotoneCell(6, **F64), (3, 4), "MonotoneDense"),
     "MonotoneConv2D": (lambda: L.MonotoneConv2D(2, **TOL, **F64), (2, 4, 4, 1), "equilibrium"),
-    "MonotoneConvCell": _cell_case(lambda: L.MonotoneConvCell(2, **F64), (2, 4, 4, 1)),
+    "MonotoneConvCell": _cell_case(lambda: L.MonotoneConvCell(2, **F64), (2, 4, 4, 1), "MonotoneConv2D"),
     "MonotoneMultiscale": (lambda: L.MonotoneMultiscale((2, 2), **TOL, **F64), (2, 2, 2, 1), "equilibrium"),
-    "MonotoneMultiscaleCell": _cell_case(lambda: L.MonotoneMultiscaleCell((2, 2), **F64), (2, 2, 2, 1)),
+    "MonotoneMultiscaleCell": _cell_case(lambda: L.MonotoneMultiscaleCell((2, 2), **F64), (2, 2, 2, 1), "MonotoneMultiscale"),
     "LipschitzDense": (lambda: L.LipschitzDense(6, 3, **TOL, **F64), (3, 4), "equilibrium"),
-    "LipschitzCell": _cell_case(lambda: L.LipschitzCell(6, 3, **F64), (3, 4)),
+    "LipschitzCell": _cell_case(lambda: L.LipschitzCell(6, 3, **F64), (3, 4), "LipschitzDense"),
     "LipschitzConv2D": (lambda: L.LipschitzConv2D(2, 3, **TOL, **F64), (2, 4, 4, 1), "equilibrium"),
-    "LipschitzConvCell": _cell_case(lambda: L.LipschitzConvCell(2, 3, **F64), (2, 4, 4, 1)),
+    "LipschitzConvCell": _cell_case(lambda: L.LipschitzConvCell(2, 3, **F64), (2, 4, 4, 1), "LipschitzConv2D"),
     "SLLDense": (lambda: L.SLLDense(5, **F64), (3, 5), "explicit"),
     "CPLDense": (lambda: L.CPLDense(5, **F64), (3, 5), "explicit"),
     "AOLDense": (lambda: L.AOLDense(5, **F64), (3, 5), "explicit"),
@@ -112,7 +115,29 @@ def _check_gradients(layer, x, r):
     assert abs(fd - an) <= 1e-6 * max(1.0, abs(fd))
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] != "backward"))
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] == "cell"))
+def test_cell_harness(name):
+    make, x_shape, _, covered_by = CASES[name]
+    keras.utils.set_random_seed(0)
+    layer = make()
+    x = tf.constant(np.random.default_rng(1).standard_normal(x_shape))
+    y = layer(x)
+    assert _residual(layer, x) < 1e-8
+    cell = layer.cell
+    assert type(cell).__name__ == name
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cell))
+    assert type(clone) is type(cell) and clone.get_config() == cell.get_config()
+    twin = L.ForwardFPI(clone, **TOL, **F64)
+    twin(x)
+    twin.set_weights(layer.get_weights())
+    np.testing.assert_allclose(twin(x).numpy(), y.numpy(), atol=1e-10)
+    # the layer that holds this cell class runs the rest of the harness
+    family = CASES[covered_by][0]()
+    family(x)
+    assert type(family.cell) is type(cell)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] not in ("backward", "cell")))
 def test_layer_harness(name, tmp_path):
     make, x_shape, kind = CASES[name]
     keras.utils.set_random_seed(0)
@@ -120,7 +145,7 @@ def test_layer_harness(name, tmp_path):
     x = tf.constant(np.random.default_rng(1).standard_normal(x_shape))
     y = _call(layer, x)
     assert np.isfinite(y.numpy()).all()
-    if kind in ("equilibrium", "cell"):
+    if kind == "equilibrium":
         assert _residual(layer, x) < 1e-8
 
     # config round trip: same class, same config, same output with the same weights
@@ -147,7 +172,7 @@ def test_layer_harness(name, tmp_path):
     reloaded = tf.saved_model.load(str(tmp_path / "export"))  # keep it: its variables live with it
     served = reloaded.serve(x)
     np.testing.assert_allclose(served.numpy(), y.numpy(), atol=1e-9)
-    if kind in ("equilibrium", "cell"):
+    if kind == "equilibrium":
         assert f"{layer.name}_forward" in names and f"{layer.name}_backward" in names
 
 

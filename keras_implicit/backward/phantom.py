@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from keras_implicit.backward.base import BackwardMode
+from keras_implicit import validation
 
 
 def _damped_steps(f, z, args, steps, damping):
@@ -39,8 +40,7 @@ class Phantom(BackwardMode):
     name = "phantom"
 
     def __init__(self, steps=5, damping=0.5):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"`steps` must be an integer >= 1. Received: steps={steps!r}")
+        validation.integer(steps, "steps")
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
             raise ValueError(f"`damping` must be a number in (0, 1]. Received: damping={damping!r}")
         self.steps = steps

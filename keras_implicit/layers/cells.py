@@ -2,6 +2,7 @@
 
 import keras
 import tensorflow as tf
+from keras_implicit import validation
 
 NORMALIZATIONS = (None, "weight", "spectral")
 
@@ -68,19 +69,14 @@ class DenseCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"`units` must be a positive integer. Received: units={units!r}")
+        validation.integer(units, "units")
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"`normalization` must be one of {NORMALIZATIONS}. "
                 f"Received: normalization={normalization!r}"
             )
-        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or max_norm <= 0:
-            raise ValueError(f"`max_norm` must be a positive number. Received: max_norm={max_norm!r}")
-        if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 1:
-            raise ValueError(
-                f"`power_iterations` must be an integer >= 1. Received: power_iterations={power_iterations!r}"
-            )
+        validation.number(max_norm, "max_norm")
+        validation.integer(power_iterations, "power_iterations")
         self.units = units
         self.state_size = units
         self.activation = keras.activations.get(activation)

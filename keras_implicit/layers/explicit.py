@@ -34,13 +34,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit.operators import circular_conv, circular_conv_transpose
+from keras_implicit import validation
 
 _ACTIVATIONS = ("relu", "identity")
 
 
 def _check_units(units, name="units"):
-    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={units!r}")
+    validation.integer(units, "units")
     return units
 
 

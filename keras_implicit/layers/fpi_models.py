@@ -19,12 +19,12 @@ import keras
 import tensorflow as tf
 
 from keras_implicit.autodiff import GradientOf
-from keras_implicit.layers.fpi import ForwardFPI
+from keras_implicit.layers.family import EquilibriumFamily
+from keras_implicit import validation
 
 
 def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    validation.integer(value, "value")
     return value
 
 
@@ -93,8 +93,7 @@ class ReLUEnergy(keras.layers.Layer):
     def __init__(self, hidden=128, l2=0.0, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.hidden = _check_positive_int(hidden, "hidden")
-        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 >= 0:
-            raise ValueError(f"`l2` must be a number >= 0. Received: l2={l2!r}")
+        validation.number(l2, "l2", low_open=False)
         self.l2 = float(l2)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
@@ -135,8 +134,7 @@ class EnergyDescentCell(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = _check_positive_int(units, "units")
         self.state_size = units
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
-            raise ValueError(f"`step_size` must be a positive number. Received: step_size={step_size!r}")
+        validation.number(step_size, "step_size")
         self.step_size = float(step_size)
         self.hidden = hidden
         if isinstance(energy, dict):
@@ -180,21 +178,16 @@ class EnergyDescentCell(keras.layers.Layer):
                 "energy": keras.saving.serialize_keras_object(self.energy)}
 
 
-def _pop_cell(kwargs):
-    kwargs.pop("cell", None)
-    return kwargs
-
-
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class FPINetwork(ForwardFPI):
+class FPINetwork(EquilibriumFamily):
     """FPI_NN: the fixed point `x* = sigmoid(fc2(relu(fc1([y; x*]))))` of a small network.
 
     Args:
         units: size of the output `x*`.
         hidden: hidden width of the update network, default 128.
         solver: default "anderson"; tol (default 1e-4), max_iter (default
-            50), stop_mode (default "rel"), backward (default "implicit"):
-            as `ForwardFPI`.
+            50), stop_mode (default "rel"); these and the other solve
+            settings (`backward`, ...) as `ForwardFPI`.
 
     Call arguments:
         inputs: `y`, shape `(batch, features)`.
@@ -212,22 +205,16 @@ class FPINetwork(ForwardFPI):
     fixed-point iteration layers", arXiv 2002.02868.
     """
 
-    def __init__(self, units, hidden=128, solver="anderson", backward="implicit", tol=1e-4, max_iter=50,
-                 stop_mode="rel", **kwargs):
-        cell = FPINetworkCell(units, hidden, name="fpi_network_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver=solver, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, **_pop_cell(kwargs))
-        self.units = units
-        self.hidden = hidden
+    cell_class = FPINetworkCell
+    cell_name = "fpi_network_cell"
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("cell")
-        return {**config, "units": self.units, "hidden": self.hidden}
+    def __init__(self, units, hidden=128, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel", **kwargs):
+        super().__init__(dict(units=units, hidden=hidden), solver=solver, tol=tol, max_iter=max_iter,
+                         stop_mode=stop_mode, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class FPIGradientDescent(ForwardFPI):
+class FPIGradientDescent(EquilibriumFamily):
     """FPI_GD: `sigmoid(x*)` with `x* = x* - step_size grad_x E(x*, y)`, a stationary point of `E(., y)`.
 
     Args:
@@ -253,28 +240,22 @@ class FPIGradientDescent(ForwardFPI):
     (None, 64)
     """
 
+    cell_class = EnergyDescentCell
+    cell_name = "energy_descent_cell"
+
     def __init__(self, units, energy=None, hidden=128, step_size=1.0, l2=0.0, output_activation="sigmoid",
-                 solver="anderson", backward="implicit", tol=1e-4, max_iter=50, stop_mode="rel", **kwargs):
+                 solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel", **kwargs):
         if energy is None:
             energy = ReLUEnergy(hidden, l2=l2, name="energy", dtype=kwargs.get("dtype"))
-        cell = EnergyDescentCell(units, energy=energy, step_size=step_size, hidden=hidden,
-                                 name="energy_descent_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver=solver, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, **_pop_cell(kwargs))
-        self.units = units
+        super().__init__(dict(units=units, energy=energy, step_size=step_size, hidden=hidden), solver=solver,
+                         tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
         self.output_activation = keras.activations.get(output_activation)
 
-    def call(self, inputs, initial_state=None):
-        out = super().call(inputs, initial_state)
-        if self.return_info:
-            return self.output_activation(out[0]), out[1]
-        return self.output_activation(out)
+    def readout(self, z):
+        return self.output_activation(z)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("cell")
-        return {**config, "units": self.units, "hidden": self.cell.hidden, "step_size": self.cell.step_size,
-                "energy": keras.saving.serialize_keras_object(self.cell.energy),
+        return {**super().get_config(),
                 "output_activation": keras.activations.serialize(self.output_activation)}
 
 

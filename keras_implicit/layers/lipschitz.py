@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
-from keras_implicit.layers.fpi import _info_spec
+from keras_implicit import validation
 from keras_implicit.layers.monotone import (
     _LINEAR_INIT,
     MonotoneCell,
@@ -46,16 +46,12 @@ CONV_METRICS = ("channel", "image", "full", "identity")
 
 
 def check_lipschitz(lipschitz):
-    if isinstance(lipschitz, bool) or not isinstance(lipschitz, (int, float)) or not lipschitz > 0:
-        raise ValueError(
-            f"`lipschitz` (the bound gamma) must be a positive number. Received: lipschitz={lipschitz!r}"
-        )
+    validation.number(lipschitz, "lipschitz")
     return float(lipschitz)
 
 
 def check_m_nonnegative(m):
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0:
-        raise ValueError(f"`m` must be a number >= 0. Received: m={m!r}")
+    validation.number(m, "m", low_open=False)
     return float(m)
 
 
@@ -74,8 +70,7 @@ def check_activation(activation):
 def _set_bound_settings(cell, m, output_units, lipschitz):
     """The settings every LBEN cell validates: `m`, `output_units`, `lipschitz`."""
     cell.m = check_m_nonnegative(m)
-    if isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1:
-        raise ValueError(f"`output_units` must be a positive integer. Received: output_units={output_units!r}")
+    validation.integer(output_units, "output_units")
     cell.output_units = output_units
     cell.lipschitz = check_lipschitz(lipschitz)
 
@@ -231,26 +226,11 @@ class _LipschitzLayer(_MonotoneLayer):
         norm = tf.linalg.svd(t, compute_uv=False)[0]
         return float(2.0 * mu / norm**2)
 
-    def _output(self, out):
-        if self.return_info:
-            return self.cell.output(out[0]), out[1]
-        return self.cell.output(out)
+    def readout(self, z):
+        return self.cell.output(z)
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.cell.output_units)
-
-    def compute_output_spec(self, inputs, initial_state=None):
-        y = keras.KerasTensor((inputs.shape[0], self.cell.output_units), dtype=self.compute_dtype)
-        if not self.return_info:
-            return y
-        return y, _info_spec(inputs.shape[0], self.max_iter, self.compute_dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("weight_normalization", None)
-        cell = self.cell
-        config.update({"output_units": cell.output_units, "lipschitz": cell.lipschitz, "metric": cell.metric})
-        return config
+    def readout_shape(self, state_shape, input_shape):
+        return (self.cell.output_units,)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -298,27 +278,18 @@ class LipschitzDense(_LipschitzLayer):
     networks", arXiv 2010.01732.
     """
 
+    cell_class = LipschitzCell
+    cell_name = "lipschitz_cell"
+
     def __init__(self, units, output_units, lipschitz=1.0, m=1.0, metric="diagonal", activation="relu",
-                 solver="peaceman_rachford", alpha=1.0, backward="implicit", tol=1e-4, max_iter=100,
-                 stop_mode="rel", identity_units=0, structure_mask=None, structure_penalty=0.0,
-                 return_info=False, on_failure="warn", track_metrics=True,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
-        kwargs.pop("cell", None)
-        cell = LipschitzCell(units, output_units, lipschitz=lipschitz, m=m, metric=metric,
-                             activation=activation, identity_units=identity_units,
-                             kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
-                             name="lipschitz_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
-                         track_metrics=track_metrics, **kwargs)
-        self.units = units
-        self.output_units = output_units
-        if isinstance(structure_penalty, bool) or not isinstance(structure_penalty, (int, float)) \
-                or not structure_penalty >= 0:
-            raise ValueError(
-                f"`structure_penalty` must be a number >= 0. Received: structure_penalty={structure_penalty!r}"
-            )
-        self.structure_penalty = float(structure_penalty)
+                 identity_units=0, structure_mask=None, structure_penalty=0.0,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
+                 alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
+        super().__init__(dict(units=units, output_units=output_units, lipschitz=lipschitz, m=m, metric=metric,
+                              activation=check_activation(activation), identity_units=identity_units,
+                              kernel_initializer=kernel_initializer, bias_initializer=bias_initializer),
+                         solver, alpha, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
+        self.structure_penalty = validation.number(structure_penalty, "structure_penalty", low_open=False)
         self.structure_mask = None
         if structure_mask is not None:
             mask = np.asarray(structure_mask, dtype=np.float64)
@@ -338,20 +309,16 @@ class LipschitzDense(_LipschitzLayer):
         return tf.reduce_sum(tf.abs(w) * outside)
 
     def call(self, inputs, initial_state=None):
-        out = super().call(inputs, initial_state)
         if self.structure_mask is not None and self.structure_penalty > 0:
             self.add_loss(self.structure_penalty * self.structure_loss())
-        return self._output(out)
+        return super().call(inputs, initial_state)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "units": self.units,
-            "identity_units": self.cell.identity_units,
+        return {
+            **super().get_config(),
             "structure_mask": None if self.structure_mask is None else self.structure_mask.tolist(),
             "structure_penalty": self.structure_penalty,
-        })
-        return config
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -371,8 +338,7 @@ class LipschitzConvCell(_ImageState, MonotoneCell):
         if metric not in CONV_METRICS:
             raise ValueError(f"`metric` must be one of {CONV_METRICS}. Received: metric={metric!r}")
         self.metric = metric
-        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
-            raise ValueError(f"`pool` must be a positive integer. Received: pool={pool!r}")
+        validation.integer(pool, "pool")
         self.pool = pool
         self.state_size = None  # known from the input's shape
 
@@ -505,26 +471,17 @@ class LipschitzConv2D(_LipschitzLayer):
         `[batch, output_units]`.
     """
 
+    cell_class = LipschitzConvCell
+    cell_name = "lipschitz_conv_cell"
+
     def __init__(self, filters, output_units, lipschitz=1.0, kernel_size=3, m=1.0, metric="channel", pool=2,
-                 activation="relu", solver="peaceman_rachford", alpha=1.0, backward="implicit", tol=1e-4,
-                 max_iter=100, stop_mode="rel", return_info=False, on_failure="warn", track_metrics=True,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
-        kwargs.pop("cell", None)
-        cell = LipschitzConvCell(filters, output_units, lipschitz=lipschitz, kernel_size=kernel_size, m=m,
-                                 metric=metric, pool=pool, activation=activation,
-                                 kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
-                                 name="lipschitz_conv_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
-                         track_metrics=track_metrics, **kwargs)
-
-    def call(self, inputs, initial_state=None):
-        return self._output(super().call(inputs, initial_state))
-
-    def get_config(self):
-        cell = self.cell
-        return {**super().get_config(), "filters": cell.filters, "kernel_size": cell.kernel_size,
-                "pool": cell.pool}
+                 activation="relu", kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 solver="peaceman_rachford", alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
+        super().__init__(dict(filters=filters, output_units=output_units, lipschitz=lipschitz,
+                              kernel_size=kernel_size, m=m, metric=metric, pool=pool,
+                              activation=check_activation(activation), kernel_initializer=kernel_initializer,
+                              bias_initializer=bias_initializer),
+                         solver, alpha, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
 
 
 __all__ = ["LipschitzCell", "LipschitzConv2D", "LipschitzConvCell", "LipschitzDense", "lben_weight"]

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
 from keras_implicit import solvers as solvers_lib
-from keras_implicit.layers.fpi import ForwardFPI, _info_spec
+from keras_implicit.layers.family import EquilibriumFamily
 from keras_implicit.operators import (
     DenseOperator,
     FourierOperator,
@@ -18,6 +18,7 @@ from keras_implicit.operators import (
 )
 from keras_implicit.solvers.problem import Splitting
 from keras_implicit.solvers.splitting import ForwardBackward
+from keras_implicit import validation
 
 # torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the paper's code.
 _LINEAR_INIT = {"class_name": "VarianceScaling",
@@ -25,10 +26,7 @@ _LINEAR_INIT = {"class_name": "VarianceScaling",
 
 
 def check_m(m):
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
-        raise ValueError(
-            f"`m` (the monotonicity parameter) must be a positive number. Received: m={m!r}"
-        )
+    validation.number(m, "m")
     return float(m)
 
 
@@ -58,8 +56,7 @@ class MonotoneCell(keras.layers.Layer):
     def __init__(self, units, m=1.0, activation="relu", weight_normalization=False,
                  kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"`units` must be a positive integer. Received: units={units!r}")
+        validation.integer(units, "units")
         self.units = units
         self.state_size = units
         self.m = check_m(m)
@@ -420,12 +417,12 @@ def _splitting_solver(solver, alpha, activation):
     return solver
 
 
-class _MonotoneLayer(ForwardFPI):
-    """What the monotone layers share: splitting solvers, the FB bound, config."""
+class _MonotoneLayer(EquilibriumFamily):
+    """What the monotone layers share: splitting solvers given the layer's alpha, the FB bound."""
 
-    def __init__(self, cell, solver, alpha, **kwargs):
-        solver = _splitting_solver(solver, alpha, cell.activation)
-        super().__init__(cell, solver=solver, **kwargs)
+    def __init__(self, cell_arguments, solver, alpha, **kwargs):
+        solver = _splitting_solver(solver, alpha, prox_lib.get(cell_arguments["activation"]))
+        super().__init__(cell_arguments, solver=solver, **kwargs)
         self.alpha = getattr(self.solver, "alpha", float(alpha))
 
     def implicit_weight(self):
@@ -450,18 +447,7 @@ class _MonotoneLayer(ForwardFPI):
         return super().call(inputs, initial_state)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("cell")
-        cell = self.cell
-        config.update({
-            "m": cell.m,
-            "activation": prox_lib.serialize(cell.activation),
-            "alpha": self.alpha,
-            "weight_normalization": cell.weight_normalization,
-            "kernel_initializer": keras.initializers.serialize(cell.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(cell.bias_initializer),
-        })
-        return config
+        return {**super().get_config(), "alpha": self.alpha}
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -482,16 +468,19 @@ class MonotoneDense(_MonotoneLayer):
         units: int, width.
         m: float > 0, default 1.0.
         activation: proximal activation, default "relu".
+        weight_normalization: default False.
+        kernel_initializer, bias_initializer: default torch.nn.Linear's / zeros.
         solver: default "peaceman_rachford"; a splitting solver named by
             string gets `alpha`.
         alpha: float > 0, splitting step, default 1.0.
-        backward: default "implicit" (adjoint by the same solver).
         tol: default 1e-4, on the relative residual (`stop_mode="rel"`, as
             the paper; see `PeacemanRachford` for the residual used).
         max_iter: default 100.
         stop_mode: default "rel".
-        weight_normalization: default False.
-        return_info, on_failure, track_metrics: as `ForwardFPI`.
+        **kwargs: the other solve settings of `ForwardFPI` (`backward`,
+            default "implicit", the adjoint by the same solver;
+            `return_info`, `on_failure`, `track_metrics`, `jit_loop`,
+            `compile_eager`) and Keras layer arguments.
 
     Weights: `A`, `B`, `kernel` (U) and `bias`.
 
@@ -507,22 +496,15 @@ class MonotoneDense(_MonotoneLayer):
     NeurIPS 2020 (arXiv 2006.08591).
     """
 
-    def __init__(self, units, m=1.0, activation="relu", solver="peaceman_rachford", alpha=1.0,
-                 backward="implicit", tol=1e-4, max_iter=100, stop_mode="rel",
-                 weight_normalization=False, return_info=False, on_failure="warn",
-                 track_metrics=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
-                 **kwargs):
-        kwargs.pop("cell", None)
-        cell = MonotoneCell(units, m=m, activation=activation, weight_normalization=weight_normalization,
-                            kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
-                            name="monotone_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
-                         track_metrics=track_metrics, **kwargs)
-        self.units = units
+    cell_class = MonotoneCell
+    cell_name = "monotone_cell"
 
-    def get_config(self):
-        return {**super().get_config(), "units": self.units}
+    def __init__(self, units, m=1.0, activation="relu", weight_normalization=False,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
+                 alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
+        super().__init__(dict(units=units, m=m, activation=activation, weight_normalization=weight_normalization,
+                              kernel_initializer=kernel_initializer, bias_initializer=bias_initializer),
+                         solver, alpha, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -543,7 +525,7 @@ class MonotoneConv2D(_MonotoneLayer):
     Args:
         filters: int, channels of the state.
         kernel_size: int or (kh, kw), default 3 (for `A`, `B` and `U`).
-        m, activation, solver, alpha, backward, tol, max_iter, stop_mode:
+        m, activation, solver, alpha, tol, max_iter, stop_mode, **kwargs:
             as `MonotoneDense`.
         padding: int >= 0 or a pair (rows, columns), zero border added
             around the state, default 1.
@@ -556,23 +538,16 @@ class MonotoneConv2D(_MonotoneLayer):
         `[batch, H + 2 pad_rows, W + 2 pad_cols, filters]`.
     """
 
-    def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", solver="peaceman_rachford",
-                 alpha=1.0, backward="implicit", tol=1e-4, max_iter=100, stop_mode="rel", padding=1,
-                 weight_normalization=True, return_info=False, on_failure="warn", track_metrics=True,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
-        kwargs.pop("cell", None)
-        cell = MonotoneConvCell(filters, kernel_size=kernel_size, m=m, activation=activation,
-                                padding=padding, weight_normalization=weight_normalization,
-                                kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
-                                name="monotone_conv_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
-                         track_metrics=track_metrics, **kwargs)
+    cell_class = MonotoneConvCell
+    cell_name = "monotone_conv_cell"
 
-    def get_config(self):
-        cell = self.cell
-        return {**super().get_config(), "filters": cell.filters, "kernel_size": cell.kernel_size,
-                "padding": cell.padding}
+    def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", padding=1, weight_normalization=True,
+                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
+                 alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
+        super().__init__(dict(filters=filters, kernel_size=kernel_size, m=m, activation=activation,
+                              padding=padding, weight_normalization=weight_normalization,
+                              kernel_initializer=kernel_initializer, bias_initializer=bias_initializer),
+                         solver, alpha, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -601,8 +576,8 @@ class MonotoneMultiscale(_MonotoneLayer):
             (1, 2) for 1-D signals stored as 1 x L images).
         padding: zero border of the first tier (held at zero by the prox),
             int or pair, default 1.
-        m, activation, solver, alpha, backward, tol, max_iter, stop_mode,
-        weight_normalization (default True): as `MonotoneConv2D`.
+        m, activation, solver, alpha, tol, max_iter, stop_mode,
+        weight_normalization (default True), **kwargs: as `MonotoneConv2D`.
 
     Call arguments:
         inputs: images `[batch, H, W, C_in]`; `H + 2 pad_rows` and
@@ -613,41 +588,22 @@ class MonotoneMultiscale(_MonotoneLayer):
         is `layer.solve(x)[0]`; `layer.cell.split_tiers` splits it).
     """
 
-    def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu",
-                 solver="peaceman_rachford", alpha=1.0, backward="implicit", tol=1e-4, max_iter=100,
-                 stop_mode="rel", padding=1, weight_normalization=True, return_info=False, on_failure="warn",
-                 track_metrics=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
-        kwargs.pop("cell", None)
-        cell = MonotoneMultiscaleCell(filters, kernel_size=kernel_size, stride=stride, m=m, activation=activation,
-                                      padding=padding, weight_normalization=weight_normalization,
-                                      kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
-                                      name="monotone_multiscale_cell", dtype=kwargs.get("dtype"))
-        super().__init__(cell, solver, alpha, backward=backward, tol=tol, max_iter=max_iter,
-                         stop_mode=stop_mode, return_info=return_info, on_failure=on_failure,
-                         track_metrics=track_metrics, **kwargs)
+    cell_class = MonotoneMultiscaleCell
+    cell_name = "monotone_multiscale_cell"
 
-    def _last_tier(self, z):
+    def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu", padding=1,
+                 weight_normalization=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 solver="peaceman_rachford", alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
+        super().__init__(dict(filters=filters, kernel_size=kernel_size, stride=stride, m=m, activation=activation,
+                              padding=padding, weight_normalization=weight_normalization,
+                              kernel_initializer=kernel_initializer, bias_initializer=bias_initializer),
+                         solver, alpha, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
+
+    def readout(self, z):
         return self.cell.split_tiers(z)[-1]
 
-    def call(self, inputs, initial_state=None):
-        out = super().call(inputs, initial_state)
-        if self.return_info:
-            return self._last_tier(out[0]), out[1]
-        return self._last_tier(out)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],) + tuple(self.cell.tier_shapes(input_shape)[-1])
-
-    def compute_output_spec(self, inputs, initial_state=None):
-        z = keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
-        if not self.return_info:
-            return z
-        return z, _info_spec(inputs.shape[0], self.max_iter, self.compute_dtype)
-
-    def get_config(self):
-        cell = self.cell
-        return {**super().get_config(), "filters": list(cell.filters), "kernel_size": cell.kernel_size,
-                "stride": cell.stride, "padding": cell.padding}
+    def readout_shape(self, state_shape, input_shape):
+        return tuple(self.cell.tier_shapes(input_shape)[-1])
 
 
 def tune_alpha(layer, x, alphas=None, verbose=False):

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from keras_implicit.solvers.base import Solver
 from keras_implicit.solvers.fixed_point_iteration import check_damping
+from keras_implicit import validation
 
 
 # Above this memory the elimination below is unrolled into too many small ops.
@@ -39,8 +40,7 @@ def _spd_solve_ones(h):
 
 
 def check_memory(memory):
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-        raise ValueError(f"`memory` must be an integer >= 1. Received: memory={memory!r}")
+    validation.integer(memory, "memory")
     return memory
 
 
@@ -81,11 +81,7 @@ class Anderson(Solver):
 
     def __init__(self, memory=5, ridge=1e-4, damping=1.0):
         self.memory = check_memory(memory)
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
-            raise ValueError(
-                "`ridge` must be a positive number (the least-squares problem is "
-                f"singular until the memory fills). Received: ridge={ridge!r}"
-            )
+        validation.number(ridge, "ridge")
         self.ridge = float(ridge)
         self.damping = check_damping(damping)
 

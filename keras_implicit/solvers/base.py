@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keras_implicit import info as info_lib
 from keras_implicit.solvers.problem import BoundProblem
+from keras_implicit import validation
 
 try:  # a tape watching the loop (Unrolled) needs the residuals cut off
     from tensorflow.python.eager.record import could_possibly_record
@@ -75,12 +76,8 @@ class Solver:
 
 def check_tol_and_max_iter(tol, max_iter, stop_mode):
     """Validates the stopping settings (construction-time errors, Keras style)."""
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"`tol` must be a positive number. Received: tol={tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(
-            f"`max_iter` must be an integer >= 1. Received: max_iter={max_iter!r}"
-        )
+    validation.number(tol, "tol")
+    validation.integer(max_iter, "max_iter")
     if stop_mode not in STOP_MODES:
         raise ValueError(
             f"`stop_mode` must be one of {STOP_MODES}. Received: stop_mode={stop_mode!r}"

@@ -1,6 +1,5 @@
 """Plain (Krasnoselskii-Mann) fixed-point iteration."""
 
-import tensorflow as tf
 
 from keras_implicit.solvers.base import Solver
 

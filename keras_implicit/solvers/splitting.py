@@ -1,13 +1,12 @@
 """Operator-splitting solvers for `z = prox(W z + b)` (monotone operator networks)."""
 
-import tensorflow as tf
 
 from keras_implicit.solvers.base import Solver
+from keras_implicit import validation
 
 
 def check_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"`alpha` must be a positive number. Received: alpha={alpha!r}")
+    validation.number(alpha, "alpha")
     return float(alpha)
 
 

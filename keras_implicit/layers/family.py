@@ -1,0 +1,35 @@
+"""The base of the model-family layers: a `ForwardFPI` that builds its own cell."""
+
+from keras_implicit.layers.fpi import ForwardFPI
+
+
+class EquilibriumFamily(ForwardFPI):
+    """A `ForwardFPI` whose cell is built from the layer's own arguments.
+
+    A family (monDEQ, LBEN, FPI_NN, ...) declares `cell_class` and passes the
+    cell's arguments as a dict; the solve settings are `ForwardFPI`'s,
+    declared once there (a family's signature lists the ones whose defaults
+    it changes and passes the others on). The output goes through the
+    `readout` hook. The config lists the cell's arguments flat, next to the
+    solve settings (no nested `cell`), so `cls(**config)` rebuilds the layer
+    and a tuner can set every argument.
+
+    Args:
+        cell_arguments: dict of the cell's constructor arguments.
+        **kwargs: `ForwardFPI`'s solve settings and Keras layer arguments.
+    """
+
+    cell_class = None
+    cell_name = None
+
+    def __init__(self, cell_arguments, **kwargs):
+        kwargs.pop("cell", None)  # a config's own entry: the cell is rebuilt here
+        cell = self.cell_class(**cell_arguments, name=self.cell_name, dtype=kwargs.get("dtype"))
+        super().__init__(cell, **kwargs)
+        self.cell_arguments = tuple(cell_arguments)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["cell"]
+        cell_config = self.cell.get_config()
+        return {**config, **{k: cell_config[k] for k in self.cell_arguments}}
