@@ -148,7 +148,7 @@ def main(argv=None):
     p.add_argument("--units", type=int, default=None, help="width (default 87 for mondeq, 64 for fpi, 80 for lben)")
     p.add_argument("--lipschitz", type=float, default=1.0, help="the Lipschitz bound of --model lben (default 1)")
     p.add_argument("--solver", default=None,
-                   choices=["peaceman_rachford", "forward_backward", "anderson", "broyden", "fixed_point"])
+                   choices=["peaceman_rachford", "forward_backward", "anderson", "broyden", "fixed_point", "halpern"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)

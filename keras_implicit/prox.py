@@ -19,13 +19,14 @@ first four; with `alpha = 1` any listed activation works.
 """
 
 import tensorflow as tf
+
+from keras_implicit.registry import Configurable, Registry
 from keras_implicit import validation
 
 
-class Prox:
+class Prox(Configurable):
     """An activation seen as a proximal operator."""
 
-    name = None
     any_alpha = True
 
     def __call__(self, v):
@@ -41,9 +42,6 @@ class Prox:
 
     def supports(self, alpha):
         return self.any_alpha or float(alpha) == 1.0
-
-    def get_config(self):
-        return {}
 
 
 class ReLU(Prox):
@@ -126,24 +124,11 @@ class Tanh(Prox):
         return 1.0 - tf.square(z)
 
 
-_CLASSES = {cls.name: cls for cls in (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh)}
+_REGISTRY = Registry("activation", Prox)
+for _cls in (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh):
+    _REGISTRY.register(_cls)
 
-
-def get(identifier):
-    """A `Prox` from an instance, a name or a config dict."""
-    if isinstance(identifier, Prox):
-        return identifier
-    if isinstance(identifier, str) and identifier in _CLASSES:
-        return _CLASSES[identifier]()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
-        return _CLASSES[identifier["class_name"]](**identifier.get("config", {}))
-    raise ValueError(
-        "Unknown proximal activation; expected one of "
-        f"{sorted(_CLASSES)} (monotone, 1-Lipschitz, with a known prox). "
-        f"Received: activation={identifier!r}"
-    )
-
-
-def serialize(prox):
-    prox = get(prox)
-    return {"class_name": prox.name, "config": prox.get_config()}
+get = _REGISTRY.get
+serialize = _REGISTRY.serialize
+deserialize = _REGISTRY.deserialize
+register = _REGISTRY.register

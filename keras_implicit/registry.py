@@ -1,9 +1,34 @@
-"""String identifiers and (de)serialization for solvers and backward modes.
+"""String identifiers and (de)serialization for solvers, backward modes and proximal activations.
 
 Works like `keras.activations.get`: an instance passes through, a string
 names a registered class built with its defaults, a dict is a serialized
 config `{"class_name": ..., "config": {...}}`.
 """
+
+
+class Configurable:
+    """A plain Python object described by its config: equality, hashing and repr
+    follow `get_config()`, and `from_config` rebuilds it (solvers, backward
+    modes, proximal activations)."""
+
+    name = None
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
 
 
 class Registry:

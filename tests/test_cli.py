@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def _demo(tmp_path, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -10,6 +12,7 @@ def _demo(tmp_path, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_demo_trains_exports_and_reloads(tmp_path):
     out = _demo(tmp_path, "--epochs", "3")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -21,6 +24,7 @@ def test_demo_trains_exports_and_reloads(tmp_path):
     assert (tmp_path / "sm" / "saved_model.pb").exists()
 
 
+@pytest.mark.slow
 def test_demo_fpi_model_on_mnist1d(tmp_path):
     out = _demo(tmp_path, "--dataset", "mnist1d", "--model", "fpi", "--epochs", "1")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -32,6 +36,7 @@ def test_demo_rejects_bad_epochs(tmp_path):
     assert out.returncode == 2 and "--epochs" in out.stderr
 
 
+@pytest.mark.slow
 def test_demo_lben_reports_certified_accuracy_and_reloads(tmp_path):
     out = _demo(tmp_path, "--model", "lben", "--lipschitz", "2", "--epochs", "3")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,3 +1,4 @@
+import pytest
 """Training under tf.distribute.MirroredStrategy with two logical CPU devices."""
 
 import json
@@ -37,6 +38,7 @@ print(json.dumps({"one": one, "two": two, "replicas": mirrored.num_replicas_in_s
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_single_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env)

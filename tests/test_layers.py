@@ -155,6 +155,7 @@ def test_return_info_in_functional_model():
     assert z_v.shape == (5, 4) and res.shape == (5,) and int(it) >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_trains_on_digits_to_95_percent(jit_compile):
     (x_tr, y_tr), (x_te, y_te) = load_digits()

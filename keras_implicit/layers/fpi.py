@@ -329,33 +329,49 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             jit_loop=self.jit_loop,
         )
 
-    def _compiled_solve(self, with_state):
-        """The solve as a `tf.function`, cached per setting that changes its graph.
+    def _record_forward(self, z, info):
+        self.fwd_iters_metric.update_state(tf.cast(info.iterations, "float32"))
+        self.fwd_res_metric.update_state(tf.cast(info.residual, "float32"))
+        for b, metric in enumerate(self.block_res_metrics):
+            metric.update_state(tf.cast(info.block_residuals[:, b], "float32"))
+        return z, info
+
+    def _compiled_solve(self, with_state, record):
+        """The solve (and the metric updates) as a `tf.function`, cached per
+        setting that changes its graph.
 
         Eager calls (notebooks, custom loops, attacks) run it instead of the
         op-by-op loop (30-140x slower). `reduce_retracing` relaxes the batch
         axis after a second shape, so new batch sizes do not retrace."""
         key = (self.solver, self.backward, self.tol, self.max_iter, self.stop_mode,
-               self.jit_loop, with_state, self.compute_dtype)
+               self.jit_loop, with_state, record, self.compute_dtype)
         fn = self._compiled.functions.get(key)
         if fn is None:
-            fn = tf.function(lambda x, z0: self._solve(x, z0, "ignore"),
-                             reduce_retracing=True, autograph=False)
+            def run(x, z0):
+                out = self._solve(x, z0, "ignore")
+                return self._record_forward(*out) if record else out
+
+            fn = tf.function(run, reduce_retracing=True, autograph=False)
             self._compiled.functions[key] = fn
         return fn
 
-    def solve(self, inputs, initial_state=None):
-        """Returns `(z*, SolverInfo)` whatever `return_info` says (no readout)."""
+    def _run(self, inputs, initial_state, record):
         if initial_state is None:
             z0 = self.initial_state(inputs)
         else:
             z0 = self._check_initial_state(inputs, initial_state)
         if self.compile_eager and tf.executing_eagerly() and not _higher_order_tape(
                 ([inputs, z0], self.cell.trainable_variables)):
-            z, info = self._compiled_solve(initial_state is not None)(inputs, z0)
+            z, info = self._compiled_solve(initial_state is not None, record)(inputs, z0)
             report_failure(info, self.on_failure)
             return z, info
-        return self._solve(inputs, z0, self.on_failure)
+        z, info = self._solve(inputs, z0, self.on_failure)
+        return self._record_forward(z, info) if record else (z, info)
+
+    def solve(self, inputs, initial_state=None):
+        """Returns `(z*, SolverInfo)` whatever `return_info` says (no readout,
+        no metric update)."""
+        return self._run(inputs, initial_state, record=False)
 
     def readout(self, z):
         """Maps the equilibrium to the layer's output (the identity here;
@@ -367,12 +383,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return state_shape
 
     def call(self, inputs, initial_state=None):
-        z, info = self.solve(inputs, initial_state)
-        if self.track_metrics:
-            self.fwd_iters_metric.update_state(tf.cast(info.iterations, "float32"))
-            self.fwd_res_metric.update_state(tf.cast(info.residual, "float32"))
-            for b, metric in enumerate(self.block_res_metrics):
-                metric.update_state(tf.cast(info.block_residuals[:, b], "float32"))
+        z, info = self._run(inputs, initial_state, record=self.track_metrics)
         y = self.readout(z)
         return (y, info) if self.return_info else y
 

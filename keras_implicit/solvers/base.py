@@ -19,6 +19,7 @@ gradients.
 import tensorflow as tf
 
 from keras_implicit import info as info_lib
+from keras_implicit.registry import Configurable
 from keras_implicit.solvers.problem import BoundProblem
 from keras_implicit import validation
 
@@ -33,7 +34,7 @@ STOP_MODES = ("abs", "rel", "rel_sq")
 REL_EPS = 1e-6
 
 
-class Solver:
+class Solver(Configurable):
     """Base class of the fixed-point solvers.
 
     Subclasses set `name`, implement `init`/`step` and `get_config`. They are
@@ -41,7 +42,6 @@ class Solver:
     of layers.
     """
 
-    name = None
     # What the solver needs from the problem: "map" or "splitting".
     requires = "map"
     # Whether `jit_loop` pays off: solvers with many small per-iteration ops
@@ -56,22 +56,6 @@ class Solver:
     def step(self, F, z, state, k):
         raise NotImplementedError
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def check_tol_and_max_iter(tol, max_iter, stop_mode):
