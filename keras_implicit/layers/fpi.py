@@ -352,6 +352,10 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
                 return self._record_forward(*out) if record else out
 
             fn = tf.function(run, reduce_retracing=True, autograph=False)
+            # Every layer has its own cached function (one or two traces each);
+            # TensorFlow counts them all as retraces of one code object and
+            # would warn once a notebook holds five layers.
+            fn._omit_frequent_tracing_warning = True
             self._compiled.functions[key] = fn
         return fn
 

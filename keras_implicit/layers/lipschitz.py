@@ -32,12 +32,12 @@ import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
 from keras_implicit import validation
-from keras_implicit.layers.monotone import (
-    _LINEAR_INIT,
-    MonotoneCell,
-    _check_image_shape,
-    _ImageState,
-    _MonotoneLayer,
+from keras_implicit.layers.operator_cell import (
+    LINEAR_INIT,
+    ImageState,
+    OperatorCell,
+    OperatorFamily,
+    check_image_shape,
 )
 from keras_implicit.operators import DenseOperator, FunctionOperator, circular_conv, circular_conv_transpose
 
@@ -103,7 +103,7 @@ def lben_weight(v, s, psi=None, u=None, w_o=None, lipschitz=1.0, m=1.0):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class LipschitzCell(MonotoneCell):
+class LipschitzCell(OperatorCell):
     """The LBEN cell `f(z, x) = sigma(W z + U x + b)` with `W` from `lben_weight`.
 
     It also owns the output map `y = W_o z + b_y` (`output_kernel` =
@@ -124,9 +124,9 @@ class LipschitzCell(MonotoneCell):
     """
 
     def __init__(self, units, output_units, lipschitz=1.0, m=1.0, metric="diagonal", activation="relu",
-                 identity_units=0, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+                 identity_units=0, kernel_initializer=LINEAR_INIT, bias_initializer="zeros", **kwargs):
         activation = check_activation(activation)
-        super().__init__(units, m=1.0, activation=activation, kernel_initializer=kernel_initializer,
+        super().__init__(units, activation=activation, kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
         _set_bound_settings(self, m, output_units, lipschitz)
         if metric not in METRICS:
@@ -195,8 +195,8 @@ class LipschitzCell(MonotoneCell):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("weight_normalization", None)
         config.update({
+            "m": self.m,
             "output_units": self.output_units,
             "lipschitz": self.lipschitz,
             "metric": self.metric,
@@ -205,7 +205,7 @@ class LipschitzCell(MonotoneCell):
         return config
 
 
-class _LipschitzLayer(_MonotoneLayer):
+class _LipschitzLayer(OperatorFamily):
     """What the LBEN layers share: the output map, the bound, the FB step."""
 
     @property
@@ -283,7 +283,7 @@ class LipschitzDense(_LipschitzLayer):
 
     def __init__(self, units, output_units, lipschitz=1.0, m=1.0, metric="diagonal", activation="relu",
                  identity_units=0, structure_mask=None, structure_penalty=0.0,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
+                 kernel_initializer=LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
                  alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
         super().__init__(dict(units=units, output_units=output_units, lipschitz=lipschitz, m=m, metric=metric,
                               activation=check_activation(activation), identity_units=identity_units,
@@ -322,13 +322,13 @@ class LipschitzDense(_LipschitzLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class LipschitzConvCell(_ImageState, MonotoneCell):
+class LipschitzConvCell(ImageState, OperatorCell):
     """The convolutional LBEN cell on `[H, W, C]` states (see `LipschitzConv2D`)."""
 
     def __init__(self, filters, output_units, lipschitz=1.0, kernel_size=3, m=1.0, metric="channel", pool=2,
-                 activation="relu", kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
+                 activation="relu", kernel_initializer=LINEAR_INIT, bias_initializer="zeros", **kwargs):
         activation = check_activation(activation)
-        super().__init__(filters, m=1.0, activation=activation, kernel_initializer=kernel_initializer,
+        super().__init__(filters, activation=activation, kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
         _set_bound_settings(self, m, output_units, lipschitz)
         self.filters = filters
@@ -343,7 +343,7 @@ class LipschitzConvCell(_ImageState, MonotoneCell):
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
-        _check_image_shape(x_shape, "LipschitzConv2D")
+        check_image_shape(x_shape, "LipschitzConv2D")
         if x_shape[1] % self.pool or x_shape[2] % self.pool:
             raise ValueError(
                 f"The image height and width must be multiples of `pool`={self.pool}. "
@@ -429,8 +429,8 @@ class LipschitzConvCell(_ImageState, MonotoneCell):
     def get_config(self):
         config = super().get_config()
         config.pop("units")
-        config.pop("weight_normalization", None)
-        config.update({"filters": self.filters, "output_units": self.output_units, "lipschitz": self.lipschitz,
+        config.update({"filters": self.filters, "m": self.m, "output_units": self.output_units,
+                       "lipschitz": self.lipschitz,
                        "kernel_size": self.kernel_size, "metric": self.metric, "pool": self.pool})
         return config
 
@@ -475,7 +475,7 @@ class LipschitzConv2D(_LipschitzLayer):
     cell_name = "lipschitz_conv_cell"
 
     def __init__(self, filters, output_units, lipschitz=1.0, kernel_size=3, m=1.0, metric="channel", pool=2,
-                 activation="relu", kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 activation="relu", kernel_initializer=LINEAR_INIT, bias_initializer="zeros",
                  solver="peaceman_rachford", alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
         super().__init__(dict(filters=filters, output_units=output_units, lipschitz=lipschitz,
                               kernel_size=kernel_size, m=m, metric=metric, pool=pool,

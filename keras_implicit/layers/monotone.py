@@ -1,29 +1,24 @@
 """Monotone operator equilibrium networks (monDEQ; Winston & Kolter, NeurIPS 2020)."""
 
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_implicit import prox as prox_lib
-from keras_implicit import solvers as solvers_lib
-from keras_implicit.layers.family import EquilibriumFamily
+from keras_implicit.layers.operator_cell import (
+    LINEAR_INIT,
+    ImageState,
+    OperatorCell,
+    OperatorFamily,
+    check_image_shape,
+)
 from keras_implicit.operators import (
     DenseOperator,
     FourierOperator,
     MultiTierOperator,
-    adjoint_prox,
     kernel_spectrum,
 )
-from keras_implicit.solvers.problem import Splitting
-from keras_implicit.solvers.splitting import ForwardBackward
 from keras_implicit import validation
-
-# torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the paper's code.
-_LINEAR_INIT = {"class_name": "VarianceScaling",
-                "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"}}
-
 
 def check_m(m):
     validation.number(m, "m")
@@ -31,7 +26,7 @@ def check_m(m):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneCell(keras.layers.Layer):
+class MonotoneCell(OperatorCell):
     """The monDEQ cell `f(z, x) = sigma(W z + U x + b)` with a monotone `W`.
 
     `W = (1 - m) I - A^T A + B - B^T`, so `I - W = m I + A^T A + (B^T - B)` has
@@ -54,16 +49,10 @@ class MonotoneCell(keras.layers.Layer):
     """
 
     def __init__(self, units, m=1.0, activation="relu", weight_normalization=False,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", **kwargs):
-        super().__init__(**kwargs)
-        validation.integer(units, "units")
-        self.units = units
-        self.state_size = units
+                 kernel_initializer=LINEAR_INIT, bias_initializer="zeros", **kwargs):
+        super().__init__(units, activation, kernel_initializer, bias_initializer, **kwargs)
         self.m = check_m(m)
-        self.activation = prox_lib.get(activation)
         self.weight_normalization = bool(weight_normalization)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def build(self, z_shape, x_shape=None):
         if x_shape is None or len(x_shape) != 2 or x_shape[-1] is None:
@@ -91,75 +80,11 @@ class MonotoneCell(keras.layers.Layer):
         eye = tf.eye(self.units, dtype=a.dtype)
         return (1.0 - self.m) * eye - ata + b - tf.transpose(b)
 
-    def input_injection(self, x):
-        return tf.matmul(x, self.kernel) + self.bias
-
     def operator(self):
         return DenseOperator(self.implicit_weight())
 
-    # States are [batch, units]; the convolutional cell overrides these two.
-    def _flat(self, t):
-        return t
-
-    def _unflat(self, t, like):
-        return t
-
-    def prox(self, v, alpha):
-        return self.activation.prox(v, alpha)
-
-    def derivative(self, z):
-        return self.activation.derivative(z)
-
-    def call(self, z, x):
-        wz = self._unflat(self.operator().multiply(self._flat(z)), z)
-        return self.prox(wz + self.input_injection(x), 1.0)
-
-    def splitting(self, x):
-        """`z = prox(W z + U x + b)` for the splitting solvers (on flat states)."""
-        return Splitting(self.operator(), self._flat(self.input_injection(x)), self._flat_prox,
-                         start=self._flat, finish=lambda z: self._unflat(z, None))
-
-    def _flat_prox(self, v, alpha):
-        return self._flat(self.prox(self._unflat(v, None), alpha))
-
-    def adjoint_splitting(self, z_star, dz, x, forward=None):
-        """The adjoint equation as a splitting (Theorem 3).
-
-        Solves for `y = J c` in `0 in (I - W^T) y + D y - (1 + D) J dz`
-        (`J` the activation's derivative at `z_star`, `D = (1 - J)/J`) from
-        `y = 0`, and maps it to the adjoint `c = dz + W^T y`. The resolvent
-        of `forward` (the forward splitting of the same call) is reused when
-        it was built for the same alpha.
-        """
-        op = self.operator()
-        j = self._flat(self.derivative(z_star))
-        g = self._flat(dz)
-        return Splitting(op, None, adjoint_prox(j, j * g), transpose=True,
-                         start=lambda c0: tf.zeros_like(g),
-                         finish=lambda y: dz + self._unflat(op.multiply_transpose(y), dz),
-                         reuse=forward)
-
-    def compute_output_shape(self, z_shape, x_shape=None):
-        return tuple(z_shape)
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "units": self.units,
-            "m": self.m,
-            "activation": prox_lib.serialize(self.activation),
-            "weight_normalization": self.weight_normalization,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-        }
-
-
-def _check_image_shape(x_shape, layer):
-    if len(x_shape) != 4 or None in tuple(x_shape[1:]):
-        raise ValueError(
-            f"{layer} expects images (batch, height, width, channels) with known "
-            f"height, width and channels. Received: x.shape={tuple(x_shape)}"
-        )
+        return {**super().get_config(), "m": self.m, "weight_normalization": self.weight_normalization}
 
 
 def _inject(x, kernel, bias, padding):
@@ -168,22 +93,6 @@ def _inject(x, kernel, bias, padding):
     if ph or pw:
         x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
     return tf.nn.conv2d(x, kernel, 1, "SAME") + bias
-
-
-class _ImageState:
-    """Cells whose state is one `[H, W, filters]` image (`self.spatial = (H, W)`)."""
-
-    def implicit_weight(self):
-        """`W` as a dense `[n, n]` matrix (n = H W C; for inspection and tests)."""
-        return self.operator().to_dense()
-
-    def _flat(self, t):
-        h, w = self.spatial
-        return tf.reshape(t, [-1, h * w * self.filters])
-
-    def _unflat(self, t, like):
-        h, w = self.spatial
-        return tf.reshape(t, [-1, h, w, self.filters])
 
 
 class _BorderMasked:
@@ -201,7 +110,7 @@ class _BorderMasked:
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneConvCell(_BorderMasked, _ImageState, MonotoneCell):
+class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
     """The convolutional monDEQ cell (see `MonotoneConv2D`) on `[H, W, C]` states.
 
     Its state shape follows its input: `compute_state_shape(x_shape)` gives
@@ -209,7 +118,7 @@ class MonotoneConvCell(_BorderMasked, _ImageState, MonotoneCell):
     """
 
     def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", padding=1,
-                 weight_normalization=True, kernel_initializer=_LINEAR_INIT,
+                 weight_normalization=True, kernel_initializer=LINEAR_INIT,
                  bias_initializer="zeros", **kwargs):
         super().__init__(filters, m=m, activation=activation, weight_normalization=weight_normalization,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
@@ -230,7 +139,7 @@ class MonotoneConvCell(_BorderMasked, _ImageState, MonotoneCell):
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
-        _check_image_shape(x_shape, "MonotoneConv2D")
+        check_image_shape(x_shape, "MonotoneConv2D")
         ph, pw = self.padding
         return (x_shape[1] + 2 * ph, x_shape[2] + 2 * pw, self.filters)
 
@@ -293,7 +202,7 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
     """The multi-tier monDEQ cell (see `MonotoneMultiscale`); its state is flat `[batch, n]`."""
 
     def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu", padding=1,
-                 weight_normalization=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 weight_normalization=True, kernel_initializer=LINEAR_INIT, bias_initializer="zeros",
                  **kwargs):
         if not (isinstance(filters, (tuple, list)) and len(filters) >= 1
                 and all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters)):
@@ -401,57 +310,8 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
         return config
 
 
-def _splitting_solver(solver, alpha, activation):
-    """Resolves `solver`, giving a splitting solver named by string the layer's alpha."""
-    if isinstance(solver, str) and solver in ("peaceman_rachford", "forward_backward"):
-        solver = solvers_lib.get({"class_name": solver, "config": {"alpha": alpha}})
-    else:
-        solver = solvers_lib.get(solver)
-    a = getattr(solver, "alpha", None)
-    if a is not None and not activation.supports(a):
-        raise ValueError(
-            f"The activation {activation.name!r} has a closed-form prox_alpha only for "
-            f"alpha = 1, and the solver {solver.name!r} uses alpha = {a}. Use relu, "
-            f"leaky_relu, soft_threshold or identity, or alpha=1.0. Received: alpha={a!r}"
-        )
-    return solver
-
-
-class _MonotoneLayer(EquilibriumFamily):
-    """What the monotone layers share: splitting solvers given the layer's alpha, the FB bound."""
-
-    def __init__(self, cell_arguments, solver, alpha, **kwargs):
-        solver = _splitting_solver(solver, alpha, prox_lib.get(cell_arguments["activation"]))
-        super().__init__(cell_arguments, solver=solver, **kwargs)
-        self.alpha = getattr(self.solver, "alpha", float(alpha))
-
-    def implicit_weight(self):
-        """The operator `W` of `z = sigma(W z + U x + b)` (a matrix for dense layers)."""
-        return self.cell.implicit_weight()
-
-    def forward_backward_bound(self):
-        """The largest `alpha` for which forward-backward splitting provably converges, `2 m / ||I - W||_2^2`."""
-        return float(2.0 * self.cell.m / self.cell.operator().identity_minus_norm() ** 2)
-
-    def call(self, inputs, initial_state=None):
-        if isinstance(self.solver, ForwardBackward) and tf.executing_eagerly():
-            bound = self.forward_backward_bound()
-            if self.solver.alpha > bound:
-                warnings.warn(
-                    f"Forward-backward splitting with alpha={self.solver.alpha} exceeds its "
-                    f"convergence bound 2m/||I - W||^2 = {bound:.3g}; it may diverge. Use "
-                    "alpha <= the bound or solver='peaceman_rachford'.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        return super().call(inputs, initial_state)
-
-    def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha}
-
-
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneDense(_MonotoneLayer):
+class MonotoneDense(OperatorFamily):
     """A dense monotone operator equilibrium layer: `z* = sigma(W z* + U x + b)`.
 
     `W = (1 - m) I - A^T A + B - B^T` makes `I - W >= m I`, so the
@@ -500,7 +360,7 @@ class MonotoneDense(_MonotoneLayer):
     cell_name = "monotone_cell"
 
     def __init__(self, units, m=1.0, activation="relu", weight_normalization=False,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
+                 kernel_initializer=LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
                  alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
         super().__init__(dict(units=units, m=m, activation=activation, weight_normalization=weight_normalization,
                               kernel_initializer=kernel_initializer, bias_initializer=bias_initializer),
@@ -508,7 +368,7 @@ class MonotoneDense(_MonotoneLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneConv2D(_MonotoneLayer):
+class MonotoneConv2D(OperatorFamily):
     """A convolutional monDEQ layer: `z* = sigma(W z* + U * x + b)` on `[H, W, C]` states.
 
     `W z = (1 - m) z - g A^T A z / ||A||^2 + h (B z - B^T z) / ||B||` with
@@ -542,7 +402,7 @@ class MonotoneConv2D(_MonotoneLayer):
     cell_name = "monotone_conv_cell"
 
     def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", padding=1, weight_normalization=True,
-                 kernel_initializer=_LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
+                 kernel_initializer=LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
                  alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
         super().__init__(dict(filters=filters, kernel_size=kernel_size, m=m, activation=activation,
                               padding=padding, weight_normalization=weight_normalization,
@@ -551,7 +411,7 @@ class MonotoneConv2D(_MonotoneLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class MonotoneMultiscale(_MonotoneLayer):
+class MonotoneMultiscale(OperatorFamily):
     """A multi-tier convolutional monDEQ layer (Winston & Kolter 2020, Sec. 4).
 
     Tiers of images at decreasing resolution (`filters[i]` channels, each
@@ -592,7 +452,7 @@ class MonotoneMultiscale(_MonotoneLayer):
     cell_name = "monotone_multiscale_cell"
 
     def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu", padding=1,
-                 weight_normalization=True, kernel_initializer=_LINEAR_INIT, bias_initializer="zeros",
+                 weight_normalization=True, kernel_initializer=LINEAR_INIT, bias_initializer="zeros",
                  solver="peaceman_rachford", alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
         super().__init__(dict(filters=filters, kernel_size=kernel_size, stride=stride, m=m, activation=activation,
                               padding=padding, weight_normalization=weight_normalization,
