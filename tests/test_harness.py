@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import keras_implicit as ki
 from keras_implicit import layers as L
+from tests import checks
 
 F64 = {"dtype": "float64"}
 TOL = {"tol": 1e-11, "max_iter": 500}
@@ -94,25 +95,10 @@ def _check_gradients(layer, x, r):
     assert unused <= {"output_kernel", "output_bias"}, unused
     variables = [v for v, g in zip(layer.trainable_variables, grads[1:]) if g is not None]
     grads = [grads[0]] + [g for g in grads[1:] if g is not None]
-    rng = np.random.default_rng(7)
-    h = 1e-6
     # one random direction in the input, one in all weights together
-    dx = rng.standard_normal(x.shape)
-    fd = (float(tf.reduce_sum(tf.sin(_call(layer, x + h * dx)) * r))
-          - float(tf.reduce_sum(tf.sin(_call(layer, x - h * dx)) * r))) / (2 * h)
-    assert abs(fd - float(np.sum(grads[0].numpy() * dx))) <= 1e-6 * max(1.0, abs(fd))
-    dirs = [rng.standard_normal(v.shape) for v in variables]
-    base = [v.numpy() for v in variables]
-    vals = []
-    for s in (1, -1):
-        for v, b, d in zip(variables, base, dirs):
-            v.assign(b + s * h * d)
-        vals.append(float(loss()))
-    for v, b in zip(variables, base):
-        v.assign(b)
-    fd = (vals[0] - vals[1]) / (2 * h)
-    an = sum(float(np.sum(g.numpy() * d)) for g, d in zip(grads[1:], dirs))
-    assert abs(fd - an) <= 1e-6 * max(1.0, abs(fd))
+    rng = np.random.default_rng(7)
+    checks.check_input_fd(lambda t: tf.reduce_sum(tf.sin(_call(layer, t)) * r), x, grads[0], rng)
+    checks.check_variables_fd(variables, grads[1:], loss, rng, jointly=True)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] == "cell"))

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_implicit as ki
+from tests import checks
 from keras_implicit.layers import MonotoneCell, MonotoneDense
 from keras_implicit.operators import DenseOperator
 
@@ -28,21 +29,6 @@ def _layer(seed=0, m=0.5, **kwargs):
 
 def _x(seed=1):
     return tf.constant(np.random.default_rng(seed).standard_normal((B, D)))
-
-
-def _check_fd(layer, loss_of, grads, seed, h=1e-6):
-    """Central differences of `loss_of()` along a random direction of each trainable variable."""
-    rng = np.random.default_rng(seed)
-    for var, g in zip(layer.trainable_variables, grads):
-        v = rng.standard_normal(var.shape)
-        base = var.numpy()
-        vals = []
-        for sign in (1, -1):
-            var.assign(base + sign * h * v)
-            vals.append(loss_of())
-        var.assign(base)
-        fd = (vals[0] - vals[1]) / (2 * h)
-        assert abs(fd - np.sum(g.numpy() * v)) <= 1e-6 * max(1.0, abs(fd)), var.name
 
 
 @pytest.mark.parametrize("weight_normalization", [False, True])
@@ -126,7 +112,8 @@ def test_backward_equals_dense_adjoint_and_finite_differences(solver, backward):
         c = np.linalg.solve((np.eye(N) - j @ w).T, dz[i])
         gx[i] = u @ (j @ c)
     np.testing.assert_allclose(grads[0].numpy(), gx, rtol=1e-7, atol=1e-10)
-    _check_fd(layer, lambda: float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)), grads[1:], seed=4)
+    checks.check_variables_fd(layer.trainable_variables, grads[1:],
+                              lambda: tf.reduce_sum(tf.sin(layer(x)[0]) * r), np.random.default_rng(4))
 
 
 def test_splitting_backward_matches_generic_anderson_backward():
@@ -321,7 +308,8 @@ def test_conv_backward_equals_dense_adjoint_and_finite_differences():
         gb += (jac @ c).reshape(6, 6, 3).sum((0, 1))
     bias_grad = grads[1 + [v.name for v in layer.trainable_variables].index("bias")]
     np.testing.assert_allclose(bias_grad.numpy(), gb, rtol=1e-8)
-    _check_fd(layer, lambda: float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)), grads[1:], seed=5)
+    checks.check_variables_fd(layer.trainable_variables, grads[1:],
+                              lambda: tf.reduce_sum(tf.sin(layer(x)[0]) * r), np.random.default_rng(5))
 
 
 def test_conv_keras_round_trip(tmp_path):
@@ -419,7 +407,8 @@ def test_multiscale_equilibrium_and_gradients():
         gb += (jac @ c)[:8 * 8 * 2].reshape(8, 8, 2).sum((0, 1))
     names = [v.name for v in layer.trainable_variables]
     np.testing.assert_allclose(grads[1 + names.index("bias")].numpy(), gb, rtol=1e-7)
-    _check_fd(layer, lambda: float(tf.reduce_sum(tf.sin(layer(x)[0]) * r)), grads[1:], seed=6)
+    checks.check_variables_fd(layer.trainable_variables, grads[1:],
+                              lambda: tf.reduce_sum(tf.sin(layer(x)[0]) * r), np.random.default_rng(6))
 
 
 def test_multiscale_round_trip_and_bad_input(tmp_path):
