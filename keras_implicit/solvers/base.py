@@ -16,6 +16,7 @@ the fixed-size residual trace and the non-finite guard. Solvers never touch
 gradients.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from keras_implicit import info as info_lib
@@ -91,10 +92,7 @@ def _sq_norm(x):
 
 def _block_matrix(sizes, dtype):
     """`[n, blocks]` 0/1 matrix summing a flat state's entries per block."""
-    rows = []
-    for b, size in enumerate(sizes):
-        rows += [[1.0 if j == b else 0.0 for j in range(len(sizes))]] * size
-    return tf.constant(rows, dtype)
+    return tf.constant(np.repeat(np.eye(len(sizes)), sizes, axis=0), dtype)
 
 
 def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_iterations=10,
