@@ -81,12 +81,7 @@ class LeakyReLU(Prox):
     name = "leaky_relu"
 
     def __init__(self, negative_slope=0.1):
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or not 0 < negative_slope <= 1:
-            raise ValueError(
-                "`negative_slope` must be in (0, 1] (monotone and 1-Lipschitz). "
-                f"Received: negative_slope={negative_slope!r}"
-            )
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = validation.number(negative_slope, "negative_slope", high=1.0)
 
     def prox(self, v, alpha):
         scale = 1.0 / (1.0 + alpha * (1.0 / self.negative_slope - 1.0))
@@ -124,11 +119,5 @@ class Tanh(Prox):
         return 1.0 - tf.square(z)
 
 
-_REGISTRY = Registry("activation", Prox)
-for _cls in (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh):
-    _REGISTRY.register(_cls)
-
-get = _REGISTRY.get
-serialize = _REGISTRY.serialize
-deserialize = _REGISTRY.deserialize
-register = _REGISTRY.register
+get, serialize, deserialize, register = Registry(
+    "activation", Prox, (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh)).functions()

@@ -32,10 +32,18 @@ class Configurable:
 
 
 class Registry:
-    def __init__(self, kind, base):
+    """Classes of one kind (subclasses of `base`) by name; a module exposes
+    `get, serialize, deserialize, register = Registry(...).functions()`."""
+
+    def __init__(self, kind, base, classes=()):
         self.kind = kind
         self.base = base
         self._classes = {}
+        for cls in classes:
+            self.register(cls)
+
+    def functions(self):
+        return self.get, self.serialize, self.deserialize, self.register
 
     def register(self, cls):
         """Registers a class under its `name` (and its class name)."""

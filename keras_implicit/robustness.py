@@ -12,12 +12,6 @@ import tensorflow as tf
 from keras_implicit import validation
 
 
-def _check_lipschitz(lipschitz):
-    if isinstance(lipschitz, bool) or not isinstance(lipschitz, (int, float, np.floating)) or not lipschitz > 0:
-        raise ValueError(f"`lipschitz` must be a positive number. Received: lipschitz={lipschitz!r}")
-    return float(lipschitz)
-
-
 def certified_radius(logits, lipschitz):
     """Per-sample certified 2-norm radius `(top1 - top2) / (sqrt(2) gamma)`.
 
@@ -30,7 +24,7 @@ def certified_radius(logits, lipschitz):
     logits = np.asarray(logits, np.float64)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"`logits` must have shape (batch, classes >= 2). Received: logits.shape={logits.shape}")
-    gamma = _check_lipschitz(lipschitz)
+    gamma = validation.number(lipschitz, "lipschitz")
     top2 = np.sort(logits, axis=1)[:, -2:]
     return (top2[:, 1] - top2[:, 0]) / (np.sqrt(2.0) * gamma)
 

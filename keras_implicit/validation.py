@@ -4,20 +4,33 @@ Each check returns the validated (normalized) value or raises `ValueError`
 ending with `Received: name=value`.
 """
 
+import numbers
+
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def integer(value, name, minimum=1, maximum=None):
-    """An int in `[minimum, maximum]` (default: a positive int)."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    ok = ok and (maximum is None or value <= maximum)
-    if not ok:
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(value, name, minimum=1, maximum=None, odd=False):
+    """An int in `[minimum, maximum]` (default: a positive int), odd if asked."""
+    ok = _is_int(value) and value >= minimum and (maximum is None or value <= maximum)
+    if not ok or (odd and value % 2 == 0):
         what = "a positive integer" if minimum == 1 and maximum is None else (
             f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]")
+        what += " and odd" if odd else ""
         raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
     return value
+
+
+def integers(values, name):
+    """A non-empty list or tuple of positive ints, as a tuple."""
+    if not (isinstance(values, (tuple, list)) and values and all(_is_int(v) and v >= 1 for v in values)):
+        raise ValueError(f"`{name}` must be a non-empty list of positive ints. Received: {name}={values!r}")
+    return tuple(values)
 
 
 def number(value, name, low=0.0, high=None, low_open=True, high_open=False):
@@ -47,8 +60,21 @@ def one_of(value, name, options):
 
 def int_pair(value, name, check=lambda v: v >= 1, what="an int or a pair of ints"):
     """An int (used for both entries) or a pair of ints, each passing `check`."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and check(v) for v in pair)):
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and check(v) for v in pair)):
         raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
     return tuple(pair)
+
+
+def features(shape, layer, name="x"):
+    """`shape` is `(batch, features)` with known features."""
+    if shape is None or len(shape) != 2 or shape[-1] is None:
+        raise ValueError(f"{layer} expects inputs of shape (batch, features). "
+                         f"Received: {name}.shape={None if shape is None else tuple(shape)}")
+
+
+def image(shape, layer, name="x"):
+    """`shape` is `(batch, height, width, channels)` with all but the batch known."""
+    if len(shape) != 4 or None in tuple(shape[1:]):
+        raise ValueError(f"{layer} expects images (batch, height, width, channels) with known "
+                         f"height, width and channels. Received: {name}.shape={tuple(shape)}")

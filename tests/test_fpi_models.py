@@ -272,7 +272,7 @@ def test_mismatched_shapes():
     layer(np.zeros((2, 5), "float32"))
     with pytest.raises(ValueError, match="Received: initial_state.shape=\\(2, 3\\)"):
         layer(np.zeros((2, 5), "float32"), initial_state=np.zeros((2, 3), "float32"))
-    with pytest.raises(ValueError, match="same batch size. Received"):
+    with pytest.raises(ValueError, match=r"same batch size as the inputs \(2\). Received: initial_state.shape=\(3, 4\)"):
         layer(np.zeros((2, 5), "float32"), initial_state=np.zeros((3, 4), "float32"))
     with pytest.raises(ValueError, match="Received: y.shape=\\(2, 5, 1\\)"):
         FPINetwork(4)(np.zeros((2, 5, 1), "float32"))

@@ -9,14 +9,8 @@ from keras_implicit.backward.phantom import JacobianFree, Phantom
 from keras_implicit.backward.unrolled import Unrolled
 from keras_implicit.registry import Registry
 
-_REGISTRY = Registry("backward", BackwardMode)
-for _cls in (Implicit, Phantom, JacobianFree, Unrolled):
-    _REGISTRY.register(_cls)
-
-get = _REGISTRY.get
-serialize = _REGISTRY.serialize
-deserialize = _REGISTRY.deserialize
-register = _REGISTRY.register
+get, serialize, deserialize, register = Registry(
+    "backward", BackwardMode, (Implicit, Phantom, JacobianFree, Unrolled)).functions()
 
 __all__ = [
     "BackwardMode",

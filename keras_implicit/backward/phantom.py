@@ -40,11 +40,8 @@ class Phantom(BackwardMode):
     name = "phantom"
 
     def __init__(self, steps=5, damping=0.5):
-        validation.integer(steps, "steps")
-        if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
-            raise ValueError(f"`damping` must be a number in (0, 1]. Received: damping={damping!r}")
-        self.steps = steps
-        self.damping = float(damping)
+        self.steps = validation.integer(steps, "steps")
+        self.damping = validation.number(damping, "damping", high=1.0)
 
     def apply(self, problem, z0, args, spec, callback=None):
         z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)

@@ -70,11 +70,7 @@ class DenseCell(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         validation.integer(units, "units")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"`normalization` must be one of {NORMALIZATIONS}. "
-                f"Received: normalization={normalization!r}"
-            )
+        validation.one_of(normalization, "normalization", NORMALIZATIONS)
         validation.number(max_norm, "max_norm")
         validation.integer(power_iterations, "power_iterations")
         self.units = units
@@ -92,13 +88,7 @@ class DenseCell(keras.layers.Layer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
 
     def build(self, z_shape, x_shape=None):
-        if x_shape is None:
-            raise ValueError("DenseCell is called as cell(z, x) with two tensors.")
-        if len(x_shape) != 2 or x_shape[-1] is None:
-            raise ValueError(
-                "DenseCell expects inputs of shape (batch, features) with known "
-                f"features. Received: x.shape={tuple(x_shape)}"
-            )
+        validation.features(x_shape, "DenseCell")
         if len(z_shape) != 2 or z_shape[-1] != self.units:
             raise ValueError(
                 f"DenseCell expects a state of shape (batch, {self.units}). "

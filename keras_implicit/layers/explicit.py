@@ -36,23 +36,6 @@ import tensorflow as tf
 from keras_implicit.operators import circular_conv, circular_conv_transpose
 from keras_implicit import validation
 
-_ACTIVATIONS = ("relu", "identity")
-
-
-def _check_units(units, name="units"):
-    validation.integer(units, "units")
-    return units
-
-
-def _check_activation(activation):
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"`activation` must be one of {_ACTIVATIONS} (monotone, slopes in [0, 1]). "
-            f"Received: activation={activation!r}"
-        )
-    return activation
-
-
 def _act(activation, v):
     return tf.nn.relu(v) if activation == "relu" else v
 
@@ -84,23 +67,23 @@ class _ExplicitLayer(keras.layers.Layer):
 
 
 class _DenseExplicit(_ExplicitLayer):
-    """A dense explicit layer with `kernel` (`[n, units]`, `W^T`) and `bias` (`[units]`)."""
+    """A dense explicit layer with `units` and a `kernel_initializer`; unless
+    `own_weights`, a `kernel` (`[n, units]`, `W^T`) and a `bias` (`[units]`)."""
+
+    own_weights = False
 
     def __init__(self, units, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.units = _check_units(units)
+        self.units = validation.integer(units, "units")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                f"{type(self).__name__} expects inputs of shape (batch, features). "
-                f"Received: shape={tuple(input_shape)}"
-            )
+        validation.features(input_shape, type(self).__name__, "inputs")
         super().build(input_shape)
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        if not self.own_weights:
+            self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                          initializer=self.kernel_initializer)
+            self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,
@@ -185,7 +168,7 @@ class AOLDense(_DenseExplicit):
 
     def __init__(self, units, activation="relu", kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(units, kernel_initializer=kernel_initializer, **kwargs)
-        self.activation = _check_activation(activation)
+        self.activation = validation.one_of(activation, "activation", ("relu", "identity"))
 
     def effective_kernel(self):
         """`(W D)^T` in Keras layout, `[n, units]`."""
@@ -222,7 +205,7 @@ def cayley(x, y):
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
-class SandwichDense(_ExplicitLayer):
+class SandwichDense(_DenseExplicit):
     """Sandwich layer: `y = sqrt2 A^T Psi relu(sqrt2 Psi^-1 B h + b)`, 1-Lipschitz.
 
     `[A^T; B^T] = cayley(X, Y)` has orthonormal columns, so
@@ -233,17 +216,13 @@ class SandwichDense(_ExplicitLayer):
         output_units: output width, default: the input's width.
     """
 
+    own_weights = True
+
     def __init__(self, units, output_units=None, kernel_initializer="glorot_uniform", **kwargs):
-        super().__init__(**kwargs)
-        self.units = _check_units(units)
-        self.output_units = None if output_units is None else _check_units(output_units, "output_units")
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        super().__init__(units, kernel_initializer, **kwargs)
+        self.output_units = None if output_units is None else validation.integer(output_units, "output_units")
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                f"SandwichDense expects inputs of shape (batch, features). Received: shape={tuple(input_shape)}"
-            )
         super().build(input_shape)
         n = int(input_shape[-1])
         self.out_dim = self.output_units or n
@@ -281,8 +260,7 @@ class SandwichDense(_ExplicitLayer):
         return _block(root2 * bt.T / psi[:, None], self.bias.numpy(), root2 * at * psi[None, :], psi**2)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "output_units": self.output_units,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+        return {**super().get_config(), "output_units": self.output_units}
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -302,17 +280,12 @@ class SLLConv2D(_ExplicitLayer):
 
     def __init__(self, filters, kernel_size=3, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.filters = _check_units(filters, "filters")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be an odd positive integer. Received: kernel_size={kernel_size!r}")
-        self.kernel_size = kernel_size
+        self.filters = validation.integer(filters, "filters")
+        self.kernel_size = validation.integer(kernel_size, "kernel_size", odd=True)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or None in tuple(input_shape[1:]):
-            raise ValueError(
-                f"SLLConv2D expects images (batch, height, width, channels). Received: shape={tuple(input_shape)}"
-            )
+        validation.image(input_shape, "SLLConv2D", "inputs")
         super().build(input_shape)
         k = self.kernel_size
         self.image_shape = tuple(int(d) for d in input_shape[1:])

@@ -17,12 +17,26 @@ def _is_shape(size):
     )
 
 
-def map_shapes(fn, state_shape):
-    """Applies `fn` to the one shape of a state, or to each block's shape of a
-    nested state (a tuple of shapes); returns the same structure."""
-    if _is_shape(state_shape):
-        return fn(tuple(state_shape))
-    return tuple(fn(tuple(s)) for s in state_shape)
+def block_shapes(state_shape):
+    """The list of block shapes of a state shape (one block for one tensor)."""
+    return [tuple(state_shape)] if _is_shape(state_shape) else [tuple(s) for s in state_shape]
+
+
+def _batched(batch, state_shape, make):
+    """`make((batch, *shape))` for the state's one shape or each block's (same structure)."""
+    out = [make((batch,) + s) for s in block_shapes(state_shape)]
+    return out[0] if _is_shape(state_shape) else tuple(out)
+
+
+def _check_state(name, shapes, state_shape, batch=None):
+    """Raises unless `shapes` (with batch axes, one per block) fit the state and `batch`."""
+    shapes = [tuple(s) for s in shapes]
+    if [s[1:] for s in shapes] != block_shapes(state_shape) or any(
+            None not in (batch, s[0]) and s[0] != batch for s in shapes):
+        raise ValueError(
+            f"`{name}` must have shape(s) (batch, *{state_shape}) with the same batch size as the "
+            f"inputs ({batch}). Received: {name}.shape=" + ", ".join(str(s) for s in shapes)
+        )
 
 
 def _state_shape(cell, x_shape=None):
@@ -71,11 +85,6 @@ def _resolve_cell(cell):
         )
     _state_shape(cell)
     return cell
-
-
-def _batched(batch, state_shape, make):
-    """`make((batch, *shape))` for the state's one shape or each block's."""
-    return map_shapes(lambda s: make((batch,) + s), state_shape)
 
 
 def _build_cell(cell, x_shape, state_shape):
@@ -140,10 +149,6 @@ class _Cache:
 
     def __init__(self):
         self.functions = {}
-
-
-def _blocks(state_shape):
-    return 1 if _is_shape(state_shape) else len(state_shape)
 
 
 class _SolveSettings:
@@ -256,11 +261,10 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             self.fwd_res_metric = keras.metrics.Mean(name=f"{self.name}_fwd_res")
             self.bwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_bwd_iters")
             self.block_res_metrics = []
-            if self.state_shape is not None and _blocks(self.state_shape) > 1:
-                self.block_res_metrics = [
-                    keras.metrics.Mean(name=f"{self.name}_fwd_res_{b}")
-                    for b in range(_blocks(self.state_shape))
-                ]
+            blocks = 0 if self.state_shape is None else len(block_shapes(self.state_shape))
+            if blocks > 1:
+                self.block_res_metrics = [keras.metrics.Mean(name=f"{self.name}_fwd_res_{b}")
+                                          for b in range(blocks)]
 
     def build(self, input_shape):
         if self.state_shape is None:
@@ -295,22 +299,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
     def _check_initial_state(self, inputs, initial_state):
         z0 = tf.nest.map_structure(lambda t: tf.convert_to_tensor(t, dtype=self.compute_dtype),
                                    initial_state)
-        got = [tuple(t.shape[1:]) for t in tf.nest.flatten(z0)]
-        want = [self.state_shape] if _is_shape(self.state_shape) else list(self.state_shape)
-        if got != want:
-            raise ValueError(
-                f"`initial_state` must have shape(s) (batch, *{self.state_shape}). "
-                "Received: initial_state.shape="
-                + ", ".join(str(tuple(t.shape)) for t in tf.nest.flatten(z0))
-            )
-        batch = tf.nest.flatten(inputs)[0].shape[0]
-        for t in tf.nest.flatten(z0):
-            if batch is not None and t.shape[0] is not None and batch != t.shape[0]:
-                raise ValueError(
-                    "`initial_state` and the inputs must have the same batch size. Received: "
-                    f"initial_state.shape={tuple(t.shape)}, inputs shape="
-                    f"{tuple(tf.nest.flatten(inputs)[0].shape)}"
-                )
+        _check_state("initial_state", [t.shape for t in tf.nest.flatten(z0)], self.state_shape,
+                     tf.nest.flatten(inputs)[0].shape[0])
         return z0
 
     def _solve(self, inputs, z0, on_failure):
@@ -405,7 +395,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         if not self.return_info:
             return y
         state_shape = self.state_shape or _state_shape(self.cell, inputs.shape)
-        return y, _info_spec(batch, self.max_iter, self.compute_dtype, _blocks(state_shape))
+        return y, _info_spec(batch, self.max_iter, self.compute_dtype, len(block_shapes(state_shape)))
 
     def backward_layer(self, **overrides):
         """A `BackwardFPI` sharing this layer's cell and its adjoint settings."""
@@ -491,16 +481,10 @@ class BackwardFPI(_SolveSettings, keras.layers.Layer):
         x_shape = tuple(x_shape)
         if self.state_shape is None:
             self.state_shape = _state_shape(self.cell, x_shape)
-        want = [self.state_shape] if _is_shape(self.state_shape) else list(self.state_shape)
         for name, shape in (("z_star", z_shape), ("dz", dz_shape)):
             nested = isinstance(shape, (tuple, list)) and shape and isinstance(
                 shape[0], (tuple, list, tf.TensorShape))
-            shapes = list(shape) if nested else [shape]
-            if [tuple(s)[1:] for s in shapes] != want:
-                raise ValueError(
-                    f"`{name}` must have shape(s) (batch, *{self.state_shape}). "
-                    f"Received: {name}.shape={shape}"
-                )
+            _check_state(name, shape if nested else [shape], self.state_shape, x_shape[0])
         if not self.cell.built:
             _build_cell(self.cell, x_shape, self.state_shape)
         self.input_shape_for_export = (x_shape, z_shape, dz_shape)

@@ -23,19 +23,6 @@ from keras_implicit.layers.family import EquilibriumFamily
 from keras_implicit import validation
 
 
-def _check_positive_int(value, name):
-    validation.integer(value, "value")
-    return value
-
-
-def _check_features(x_shape, layer):
-    if x_shape is None or len(x_shape) != 2 or x_shape[-1] is None:
-        raise ValueError(
-            f"{layer} expects inputs y of shape (batch, features). "
-            f"Received: y.shape={None if x_shape is None else tuple(x_shape)}"
-        )
-
-
 @keras.saving.register_keras_serializable(package="keras_implicit")
 class FPINetworkCell(keras.layers.Layer):
     """`g(x, y) = sigmoid(relu([y, x] W1 + b1) W2 + b2)`, the FPI_NN update.
@@ -47,13 +34,13 @@ class FPINetworkCell(keras.layers.Layer):
 
     def __init__(self, units, hidden=128, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.units = _check_positive_int(units, "units")
-        self.hidden = _check_positive_int(hidden, "hidden")
+        self.units = validation.integer(units, "units")
+        self.hidden = validation.integer(hidden, "hidden")
         self.state_size = units
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, z_shape, y_shape=None):
-        _check_features(y_shape, "FPINetwork")
+        validation.features(y_shape, "FPINetwork", "y")
         init = self.kernel_initializer
         self.kernel1 = self.add_weight(name="kernel1", shape=(y_shape[-1] + self.units, self.hidden),
                                        initializer=init)
@@ -92,13 +79,13 @@ class ReLUEnergy(keras.layers.Layer):
 
     def __init__(self, hidden=128, l2=0.0, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.hidden = _check_positive_int(hidden, "hidden")
+        self.hidden = validation.integer(hidden, "hidden")
         validation.number(l2, "l2", low_open=False)
         self.l2 = float(l2)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, x_shape, y_shape=None):
-        _check_features(y_shape, "ReLUEnergy")
+        validation.features(y_shape, "ReLUEnergy", "y")
         self.kernel = self.add_weight(name="kernel", shape=(y_shape[-1] + x_shape[-1], self.hidden),
                                       initializer=self.kernel_initializer)
         self.bias = self.add_weight(name="bias", shape=(self.hidden,), initializer="zeros")
@@ -132,7 +119,7 @@ class EnergyDescentCell(keras.layers.Layer):
 
     def __init__(self, units, energy=None, step_size=1.0, hidden=128, **kwargs):
         super().__init__(**kwargs)
-        self.units = _check_positive_int(units, "units")
+        self.units = validation.integer(units, "units")
         self.state_size = units
         validation.number(step_size, "step_size")
         self.step_size = float(step_size)
@@ -152,7 +139,7 @@ class EnergyDescentCell(keras.layers.Layer):
         return self.energy(x, y)
 
     def build(self, z_shape, y_shape=None):
-        _check_features(y_shape, "FPIGradientDescent")
+        validation.features(y_shape, "FPIGradientDescent", "y")
         # One scalar per sample, checked on a batch of two.
         probe = self.energy(tf.zeros((2, self.units), self.compute_dtype),
                             tf.zeros((2, y_shape[-1]), self.compute_dtype))

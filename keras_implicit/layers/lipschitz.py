@@ -37,22 +37,11 @@ from keras_implicit.layers.operator_cell import (
     ImageState,
     OperatorCell,
     OperatorFamily,
-    check_image_shape,
 )
 from keras_implicit.operators import DenseOperator, FunctionOperator, circular_conv, circular_conv_transpose
 
 METRICS = ("diagonal", "identity")
 CONV_METRICS = ("channel", "image", "full", "identity")
-
-
-def check_lipschitz(lipschitz):
-    validation.number(lipschitz, "lipschitz")
-    return float(lipschitz)
-
-
-def check_m_nonnegative(m):
-    validation.number(m, "m", low_open=False)
-    return float(m)
 
 
 def check_activation(activation):
@@ -67,12 +56,12 @@ def check_activation(activation):
         ) from None
 
 
-def _set_bound_settings(cell, m, output_units, lipschitz):
-    """The settings every LBEN cell validates: `m`, `output_units`, `lipschitz`."""
-    cell.m = check_m_nonnegative(m)
-    validation.integer(output_units, "output_units")
-    cell.output_units = output_units
-    cell.lipschitz = check_lipschitz(lipschitz)
+def _set_bound_settings(cell, m, output_units, lipschitz, metric, metrics):
+    """The settings every LBEN cell validates: `m`, `output_units`, `lipschitz`, `metric`."""
+    cell.m = validation.number(m, "m", low_open=False)
+    cell.output_units = validation.integer(output_units, "output_units")
+    cell.lipschitz = validation.number(lipschitz, "lipschitz")
+    cell.metric = validation.one_of(metric, "metric", metrics)
 
 
 def lben_weight(v, s, psi=None, u=None, w_o=None, lipschitz=1.0, m=1.0):
@@ -128,23 +117,11 @@ class LipschitzCell(OperatorCell):
         activation = check_activation(activation)
         super().__init__(units, activation=activation, kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
-        _set_bound_settings(self, m, output_units, lipschitz)
-        if metric not in METRICS:
-            raise ValueError(f"`metric` must be one of {METRICS}. Received: metric={metric!r}")
-        self.metric = metric
-        if (isinstance(identity_units, bool) or not isinstance(identity_units, int)
-                or not 0 <= identity_units <= units):
-            raise ValueError(
-                f"`identity_units` must be an integer in [0, units={units}]. Received: identity_units={identity_units!r}"
-            )
-        self.identity_units = identity_units
+        _set_bound_settings(self, m, output_units, lipschitz, metric, METRICS)
+        self.identity_units = validation.integer(identity_units, "identity_units", 0, units)
 
     def build(self, z_shape, x_shape=None):
-        if x_shape is None or len(x_shape) != 2 or x_shape[-1] is None:
-            raise ValueError(
-                "LipschitzCell expects inputs of shape (batch, features). "
-                f"Received: x.shape={None if x_shape is None else tuple(x_shape)}"
-            )
+        validation.features(x_shape, "LipschitzCell")
         n, p = self.units, self.output_units
         init = self.kernel_initializer
         self.V = self.add_weight(name="V", shape=(n, n), initializer=init)
@@ -330,20 +307,14 @@ class LipschitzConvCell(ImageState, OperatorCell):
         activation = check_activation(activation)
         super().__init__(filters, activation=activation, kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
-        _set_bound_settings(self, m, output_units, lipschitz)
+        _set_bound_settings(self, m, output_units, lipschitz, metric, CONV_METRICS)
         self.filters = filters
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be an odd positive integer. Received: kernel_size={kernel_size!r}")
-        self.kernel_size = kernel_size
-        if metric not in CONV_METRICS:
-            raise ValueError(f"`metric` must be one of {CONV_METRICS}. Received: metric={metric!r}")
-        self.metric = metric
-        validation.integer(pool, "pool")
-        self.pool = pool
+        self.kernel_size = validation.integer(kernel_size, "kernel_size", odd=True)
+        self.pool = validation.integer(pool, "pool")
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
-        check_image_shape(x_shape, "LipschitzConv2D")
+        validation.image(x_shape, "LipschitzConv2D")
         if x_shape[1] % self.pool or x_shape[2] % self.pool:
             raise ValueError(
                 f"The image height and width must be multiples of `pool`={self.pool}. "

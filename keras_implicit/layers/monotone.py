@@ -10,7 +10,6 @@ from keras_implicit.layers.operator_cell import (
     ImageState,
     OperatorCell,
     OperatorFamily,
-    check_image_shape,
 )
 from keras_implicit.operators import (
     DenseOperator,
@@ -19,11 +18,6 @@ from keras_implicit.operators import (
     kernel_spectrum,
 )
 from keras_implicit import validation
-
-def check_m(m):
-    validation.number(m, "m")
-    return float(m)
-
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
 class MonotoneCell(OperatorCell):
@@ -51,20 +45,19 @@ class MonotoneCell(OperatorCell):
     def __init__(self, units, m=1.0, activation="relu", weight_normalization=False,
                  kernel_initializer=LINEAR_INIT, bias_initializer="zeros", **kwargs):
         super().__init__(units, activation, kernel_initializer, bias_initializer, **kwargs)
-        self.m = check_m(m)
+        self.m = validation.number(m, "m")
         self.weight_normalization = bool(weight_normalization)
 
     def build(self, z_shape, x_shape=None):
-        if x_shape is None or len(x_shape) != 2 or x_shape[-1] is None:
-            raise ValueError(
-                "MonotoneCell expects inputs of shape (batch, features). "
-                f"Received: x.shape={None if x_shape is None else tuple(x_shape)}"
-            )
+        validation.features(x_shape, "MonotoneCell")
         n = self.units
         self.A = self.add_weight(name="A", shape=(n, n), initializer=self.kernel_initializer)
         self.B = self.add_weight(name="B", shape=(n, n), initializer=self.kernel_initializer)
         self.kernel = self.add_weight(name="kernel", shape=(x_shape[-1], n), initializer=self.kernel_initializer)
         self.bias = self.add_weight(name="bias", shape=(n,), initializer=self.bias_initializer)
+        self._add_scales()
+
+    def _add_scales(self):
         if self.weight_normalization:
             self.g = self.add_weight(name="g", shape=(), initializer="ones")
             self.h = self.add_weight(name="h", shape=(), initializer="ones")
@@ -87,6 +80,14 @@ class MonotoneCell(OperatorCell):
         return {**super().get_config(), "m": self.m, "weight_normalization": self.weight_normalization}
 
 
+def _odd(k):
+    return k >= 1 and k % 2 == 1
+
+
+def _nonnegative(p):
+    return p >= 0
+
+
 def _inject(x, kernel, bias, padding):
     """`U x + b`: a "SAME" convolution of the input, zero-padded to the state's grid."""
     ph, pw = padding
@@ -101,6 +102,16 @@ class _BorderMasked:
     Still a proximal operator (of f plus the indicator of "border = 0"), whose
     derivative is zero on the border.
     """
+
+    def _set_border_mask(self, h, w, c, rest=None):
+        """Ones inside the `padding` border of an `h x w x c` grid; flat and
+        followed by `rest` ones when `rest` is given."""
+        ph, pw = self.padding
+        mask = np.zeros((h, w, c), "float32")
+        mask[ph:h - ph, pw:w - pw] = 1.0
+        if rest is not None:
+            mask = np.concatenate([mask.reshape(-1), np.ones(rest, "float32")])
+        self.border_mask = tf.constant(mask, dtype=self.compute_dtype)
 
     def prox(self, v, alpha):
         return self.activation.prox(v, alpha) * self.border_mask
@@ -122,24 +133,13 @@ class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
                  bias_initializer="zeros", **kwargs):
         super().__init__(filters, m=m, activation=activation, weight_normalization=weight_normalization,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
-        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if len(ks) != 2 or not all(isinstance(k, int) and k >= 1 and k % 2 == 1 for k in ks):
-            raise ValueError(
-                f"`kernel_size` must be an odd int or a pair of odd ints. Received: kernel_size={kernel_size!r}"
-            )
-        pads = (padding, padding) if isinstance(padding, int) and not isinstance(padding, bool) else padding
-        if not (isinstance(pads, (tuple, list)) and len(pads) == 2
-                and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads)):
-            raise ValueError(
-                f"`padding` must be an integer >= 0 or a pair of them. Received: padding={padding!r}"
-            )
         self.filters = filters
-        self.kernel_size = ks
-        self.padding = tuple(pads)
+        self.kernel_size = validation.int_pair(kernel_size, "kernel_size", _odd, "an odd int or a pair of them")
+        self.padding = validation.int_pair(padding, "padding", _nonnegative, "an int >= 0 or a pair of them")
         self.state_size = None  # known from the input's shape
 
     def compute_state_shape(self, x_shape):
-        check_image_shape(x_shape, "MonotoneConv2D")
+        validation.image(x_shape, "MonotoneConv2D")
         ph, pw = self.padding
         return (x_shape[1] + 2 * ph, x_shape[2] + 2 * pw, self.filters)
 
@@ -152,13 +152,8 @@ class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
         self.B = self.add_weight(name="B", shape=(kh, kw, c, c), initializer=init)
         self.kernel = self.add_weight(name="kernel", shape=(kh, kw, x_shape[-1], c), initializer=init)
         self.bias = self.add_weight(name="bias", shape=(c,), initializer=self.bias_initializer)
-        if self.weight_normalization:
-            self.g = self.add_weight(name="g", shape=(), initializer="ones")
-            self.h = self.add_weight(name="h", shape=(), initializer="ones")
-        ph, pw = self.padding
-        mask = np.zeros((h, w, 1), "float32")
-        mask[ph:h - ph, pw:w - pw] = 1.0
-        self.border_mask = tf.constant(mask, dtype=self.compute_dtype)
+        self._add_scales()
+        self._set_border_mask(h, w, 1)
 
     def operator(self):
         a = tf.convert_to_tensor(self.A)
@@ -189,14 +184,6 @@ class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
         return config
 
 
-def _pair(value, name, check):
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and check(v) for v in pair)):
-        raise ValueError(f"`{name}` must be an int or a pair of ints as documented. Received: {name}={value!r}")
-    return tuple(pair)
-
-
 @keras.saving.register_keras_serializable(package="keras_implicit")
 class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
     """The multi-tier monDEQ cell (see `MonotoneMultiscale`); its state is flat `[batch, n]`."""
@@ -204,23 +191,17 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
     def __init__(self, filters=(16, 32, 32), kernel_size=3, stride=2, m=1.0, activation="relu", padding=1,
                  weight_normalization=True, kernel_initializer=LINEAR_INIT, bias_initializer="zeros",
                  **kwargs):
-        if not (isinstance(filters, (tuple, list)) and len(filters) >= 1
-                and all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters)):
-            raise ValueError(f"`filters` must be a list of positive ints, one per tier. Received: filters={filters!r}")
-        super().__init__(int(filters[0]), m=m, activation=activation, weight_normalization=weight_normalization,
+        filters = validation.integers(filters, "filters")
+        super().__init__(filters[0], m=m, activation=activation, weight_normalization=weight_normalization,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
-        self.filters = tuple(int(f) for f in filters)
-        self.kernel_size = _pair(kernel_size, "kernel_size", lambda k: k >= 1 and k % 2 == 1)
-        self.stride = _pair(stride, "stride", lambda v: v >= 1)
-        self.padding = _pair(padding, "padding", lambda v: v >= 0)
+        self.filters = filters
+        self.kernel_size = validation.int_pair(kernel_size, "kernel_size", _odd, "an odd int or a pair of them")
+        self.stride = validation.int_pair(stride, "stride")
+        self.padding = validation.int_pair(padding, "padding", _nonnegative, "an int >= 0 or a pair of them")
         self.state_size = None
 
     def tier_shapes(self, x_shape):
-        if len(x_shape) != 4 or None in tuple(x_shape[1:]):
-            raise ValueError(
-                "MonotoneMultiscale expects images (batch, height, width, channels) with known "
-                f"height, width and channels. Received: x.shape={tuple(x_shape)}"
-            )
+        validation.image(x_shape, "MonotoneMultiscale")
         h, w = x_shape[1] + 2 * self.padding[0], x_shape[2] + 2 * self.padding[1]
         shapes = [(h, w, self.filters[0])]
         for f in self.filters[1:]:
@@ -256,13 +237,7 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
                     self.down_scale.append(self.add_weight(name=f"down_scale_{i}", shape=(), initializer="ones"))
         self.kernel = self.add_weight(name="kernel", shape=(kh, kw, x_shape[-1], self.filters[0]), initializer=init)
         self.bias = self.add_weight(name="bias", shape=(self.filters[0],), initializer=self.bias_initializer)
-        h, w, c = self.shapes[0]
-        ph, pw = self.padding
-        mask = np.zeros((h, w, c), "float32")
-        mask[ph:h - ph, pw:w - pw] = 1.0
-        rest = sum(a * b * d for a, b, d in self.shapes[1:])
-        self.border_mask = tf.constant(np.concatenate([mask.reshape(-1), np.ones(rest, "float32")]),
-                                       dtype=self.compute_dtype)
+        self._set_border_mask(*self.shapes[0], rest=sum(a * b * d for a, b, d in self.shapes[1:]))
 
     def _normalized(self, weights, scales, i):
         w = tf.convert_to_tensor(weights[i])

@@ -107,14 +107,6 @@ class OperatorCell(keras.layers.Layer):
         }
 
 
-def check_image_shape(x_shape, layer):
-    if len(x_shape) != 4 or None in tuple(x_shape[1:]):
-        raise ValueError(
-            f"{layer} expects images (batch, height, width, channels) with known "
-            f"height, width and channels. Received: x.shape={tuple(x_shape)}"
-        )
-
-
 class ImageState:
     """Cells whose state is one `[H, W, filters]` image (`self.spatial = (H, W)`)."""
 

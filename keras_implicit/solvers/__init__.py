@@ -16,14 +16,8 @@ from keras_implicit.solvers.problem import BoundProblem, MapForm, Packer, Proble
 from keras_implicit.solvers.spec import SolveSpec
 from keras_implicit.solvers.splitting import ForwardBackward, PeacemanRachford
 
-_REGISTRY = Registry("solver", Solver)
-for _cls in (FixedPointIteration, Anderson, Broyden, Halpern, PeacemanRachford, ForwardBackward):
-    _REGISTRY.register(_cls)
-
-get = _REGISTRY.get
-serialize = _REGISTRY.serialize
-deserialize = _REGISTRY.deserialize
-register = _REGISTRY.register
+get, serialize, deserialize, register = Registry("solver", Solver, (
+    FixedPointIteration, Anderson, Broyden, Halpern, PeacemanRachford, ForwardBackward)).functions()
 
 __all__ = [
     "Anderson",
