@@ -5,6 +5,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_implicit.backward.implicit import first_order_only
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
 
 
@@ -100,8 +101,10 @@ def export_saved_model(model, path, verbose=False):
     `z_star_1` (and `dz_0`, `dz_1`, `adjoint_0`, `adjoint_1`).
 
     Custom gradients are kept, so `tf.GradientTape` through the reloaded
-    `serve` gives the live model's gradients. The export does not update
-    the layers' training metrics.
+    `serve` gives the live model's (first) derivatives; second derivatives
+    through a reloaded export raise an error (see
+    `backward.implicit.first_order_only`). The export does not update the
+    layers' training metrics.
 
     Args:
         model: a built Keras model.
@@ -136,7 +139,7 @@ def export_saved_model(model, path, verbose=False):
     archive.track(model)
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs]
     names = ["serve"]
-    with _metrics_off(layers):
+    with _metrics_off(layers), first_order_only():
         if len(specs) == 1:
             archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=specs)
         else:

@@ -70,7 +70,7 @@ def kernel_spectrum(kernel, spatial, full=False):
     taps = tf.reshape(kernel, [kh * kw, c_in, c_out])
     image = tf.scatter_nd(idx, taps, [h, w, c_in, c_out])  # taps on one pixel add up
     image = tf.transpose(image, [3, 2, 0, 1])  # [c_out, c_in, H, W]
-    spectrum = tf.math.conj(tf.signal.fft2d(tf.cast(image, _complex(kernel.dtype))))
+    spectrum = tf.math.conj(tf.signal.fft2d(to_complex(image)))
     if not full:
         spectrum = spectrum[:, :, :, : w // 2 + 1]
     return tf.transpose(spectrum, [2, 3, 0, 1])
@@ -80,11 +80,22 @@ def _complex(dtype):
     return tf.complex128 if dtype == tf.float64 else tf.complex64
 
 
+def to_complex(x):
+    """A real tensor as complex. Unlike `tf.cast`, whose gradient casts the
+    complex cotangent back and logs "discard the imaginary part" each time,
+    `tf.complex`'s gradient takes the real part."""
+    x = tf.convert_to_tensor(x)
+    return tf.complex(x, tf.zeros_like(x))
+
+
 def _scalar(value, dtype):
     """`value` as a tensor of `dtype`; a Python number goes straight to that dtype
     (tf.cast of a Python float would round it to float32 first)."""
     if isinstance(value, (int, float, complex)):
         return tf.constant(value, dtype=dtype)
+    value = tf.convert_to_tensor(value)
+    if dtype.is_complex and not value.dtype.is_complex:
+        return to_complex(tf.cast(value, dtype.real_dtype))
     return tf.cast(value, dtype)
 
 
@@ -194,7 +205,7 @@ class MultiTierOperator:
         out = []
         for part, (h, w, c) in zip(parts, self.shapes):
             img = tf.transpose(tf.reshape(part, [-1, h, w, c]), [0, 3, 1, 2])
-            out.append(tf.transpose(tf.signal.fft2d(tf.cast(img, _complex(self.dtype))), [0, 2, 3, 1]))
+            out.append(tf.transpose(tf.signal.fft2d(to_complex(img)), [0, 2, 3, 1]))
         return out
 
     def _join_ifft(self, spectra):

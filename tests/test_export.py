@@ -50,6 +50,40 @@ def _run_tf_only(script, *args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+QUIET_RELOAD = r"""
+import sys
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+x = tf.ones([2, 10])
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = tf.reduce_sum(loaded.serve(x) ** 2)
+g = tape.gradient(y, x)
+assert g is not None and bool(tf.reduce_all(tf.math.is_finite(g)))
+try:
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = tf.reduce_sum(loaded.serve(x) ** 2)
+        g = inner.gradient(y, x)
+    outer.gradient(tf.reduce_sum(g), x)
+    print("second-order: no error")
+except LookupError as e:
+    print("second-order:", e)
+"""
+
+
+def test_reload_is_quiet_and_second_order_fails_clearly(exported):
+    _, path, _ = exported
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", QUIET_RELOAD, str(path)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "unsaved custom gradients" not in out.stderr
+    assert "Importing a function" not in out.stderr
+    assert "second derivatives of an exported equilibrium layer are not saved" in out.stdout + out.stderr
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(0)

@@ -215,6 +215,7 @@ def _conv_layer(seed=0, m=0.5, filters=3, **kwargs):
     keras.utils.set_random_seed(seed)
     kwargs.setdefault("tol", 1e-12)
     kwargs.setdefault("max_iter", 5000)
+    kwargs.setdefault("padding", 1)
     layer = MonotoneConv2D(filters, m=m, dtype="float64", return_info=True, **kwargs)
     layer.build(XC)
     rng = np.random.default_rng(seed)
@@ -325,6 +326,32 @@ def test_conv_keras_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
     cell = loaded.get_layer("conv").cell
     assert (cell.kernel_size, cell.padding, cell.m, cell.filters) == ((3, 1), (2, 2), 0.8, 4)
+
+
+def test_conv_padding_same_keeps_the_input_size(tmp_path):
+    # "same" (the default) solves on the grid with a one-pixel zero border,
+    # as padding=1, and returns the state without that border.
+    kept = _conv_layer(seed=3, padding=1, tol=1e-10)
+    same = MonotoneConv2D(3, m=0.5, dtype="float64", return_info=True, tol=1e-10, max_iter=5000)
+    same.build(XC)
+    for v, w in zip(same.weights, kept.weights):
+        v.assign(w)
+    x = _xc()
+    full, _ = kept(x)
+    out, _ = same(x)
+    assert out.shape == XC[:3] + (3,) and full.shape == (2, 6, 6, 3)
+    np.testing.assert_allclose(out.numpy(), full.numpy()[:, 1:-1, 1:-1], rtol=0, atol=1e-12)
+    assert same.get_config()["padding"] == "same"
+    inputs = keras.Input((5, 7, 1))
+    layer = MonotoneConv2D(2, kernel_size=(3, 5), name="c")
+    model = keras.Model(inputs, layer(inputs))
+    assert model.output_shape == (None, 5, 7, 2) and layer.cell.padding == (1, 2)
+    model.save(tmp_path / "s.keras")
+    loaded = keras.models.load_model(tmp_path / "s.keras")
+    xs = np.random.default_rng(0).standard_normal((2, 5, 7, 1)).astype("float32")
+    np.testing.assert_array_equal(loaded(xs).numpy(), model(xs).numpy())
+    with pytest.raises(ValueError, match="Received: padding='valid'"):
+        MonotoneConv2D(2, padding="valid")
 
 
 def test_conv_bad_input():

@@ -9,6 +9,40 @@ from keras_implicit.solvers.problem import Problem
 from keras_implicit.solvers.spec import SolveSpec, could_possibly_record, stop_recording
 
 
+class _Export:
+    """`first_order` is set while a SavedModel is written (`first_order_only`)."""
+
+    first_order = False
+
+
+class first_order_only:
+    """While active, implicit gradients are first order only, with a clear error
+    on differentiating them again.
+
+    TensorFlow saves the custom gradient of an op in an exported function,
+    but not the custom gradients inside that gradient (the re-attachment of
+    `z*` that makes second derivatives exact): reloading would warn about
+    "unsaved custom gradients" and a second derivative would fail without
+    saying why. `export_saved_model` writes under this context, so the
+    export loads quietly, its first derivatives are exact, and a second
+    derivative raises "second derivatives of an exported equilibrium layer
+    are not saved".
+    """
+
+    def __enter__(self):
+        self._saved, _Export.first_order = _Export.first_order, True
+
+    def __exit__(self, *exc):
+        _Export.first_order = self._saved
+
+
+def _no_second_order(t):
+    if t is None:
+        return None
+    return tf.raw_ops.PreventGradient(
+        input=t, message="second derivatives of an exported equilibrium layer are not saved")
+
+
 def _is_float(t):
     return isinstance(t, (tf.Tensor, tf.Variable)) and t.dtype.is_floating
 
@@ -192,10 +226,14 @@ def _implicit_op(problem, z0, args, spec, adjoint_spec, callback):
             dz = tf.nest.pack_sequence_as(z_structure, dz)
             # z* re-attached with its own implicit derivative, so that what we
             # compute here has exact derivatives as well (second order).
-            z_hat = _implicit_op(problem, z_sg, a, None, adjoint_spec, None)[0]
+            first_order = _Export.first_order
+            z_hat = z_sg if first_order else _implicit_op(problem, z_sg, a, None, adjoint_spec, None)[0]
             _, arg_grads, var_grads, binfo = adjoint_solve(
                 problem, z_hat, a, dz, adjoint_spec, variables, forward=bound
             )
+            if first_order:
+                arg_grads = [_no_second_order(g) for g in arg_grads]
+                var_grads = [_no_second_order(g) for g in var_grads]
             deps = callback(binfo) if callback is not None else None
             if deps:  # the gradients wait for what the callback did
                 with tf.control_dependencies(tf.nest.flatten(deps)):

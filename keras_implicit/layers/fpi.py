@@ -144,6 +144,28 @@ def _higher_order_tape(nested):
     return _gradient_types(leaves) == 2
 
 
+class _BackwardIterations(keras.metrics.Mean):
+    """Mean adjoint iterations, logged only where a backward pass ran.
+
+    Evaluation runs no backward pass, so `val_<name>_bwd_iters` would read 0.
+    Keras logs what `result()` returns (a dict is merged into the logs): in
+    a traced step this is the mean only if the step traced a backward pass
+    (`measured` is set by the backward callback and cleared by each forward
+    call), and eagerly (at the end of `fit`'s epoch or `evaluate`) only if
+    something was counted. Train and evaluation logs then agree with their
+    steps' logs, and the validation logs carry no `bwd_iters`.
+    """
+
+    measured = False
+
+    def result(self):
+        if tf.executing_eagerly():
+            measured = bool(self.count.numpy() > 0)
+        else:
+            measured = self.measured
+        return {self.name: super().result()} if measured else {}
+
+
 class _Cache:
     """Compiled eager solves, kept out of Keras/TF tracking (never saved)."""
 
@@ -259,7 +281,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         if self.track_metrics:
             self.fwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_fwd_iters")
             self.fwd_res_metric = keras.metrics.Mean(name=f"{self.name}_fwd_res")
-            self.bwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_bwd_iters")
+            self.bwd_iters_metric = _BackwardIterations(name=f"{self.name}_bwd_iters")
             self.block_res_metrics = []
             blocks = 0 if self.state_shape is None else len(block_shapes(self.state_shape))
             if blocks > 1:
@@ -285,6 +307,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         if not self.track_metrics:
             return None
         m = self.bwd_iters_metric
+        m.measured = True
         # `.value` is the tf.Variable; its assign (unlike Keras') returns the op.
         ops = [m.total.value.assign_add(tf.cast(info.iterations, m.total.dtype), read_value=False),
                m.count.value.assign_add(tf.ones([], m.count.dtype), read_value=False)]
@@ -377,6 +400,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return state_shape
 
     def call(self, inputs, initial_state=None):
+        if self.track_metrics:
+            self.bwd_iters_metric.measured = False  # until this call's backward is traced
         z, info = self._run(inputs, initial_state, record=self.track_metrics)
         y = self.readout(z)
         return (y, info) if self.return_info else y

@@ -16,6 +16,7 @@ from keras_implicit.operators import (
     FourierOperator,
     MultiTierOperator,
     kernel_spectrum,
+    to_complex,
 )
 from keras_implicit import validation
 
@@ -163,9 +164,8 @@ class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
         ata = tf.matmul(a_hat, a_hat, adjoint_a=True)
         skew = b_hat - tf.linalg.adjoint(b_hat)
         if self.weight_normalization:
-            ctype = ata.dtype
-            ata = tf.cast(self.g / tf.reduce_sum(tf.square(a)), ctype) * ata
-            skew = tf.cast(self.h / tf.norm(b), ctype) * skew
+            ata = to_complex(self.g / tf.reduce_sum(tf.square(a))) * ata
+            skew = to_complex(self.h / tf.norm(b)) * skew
         eye = tf.eye(self.filters, dtype=ata.dtype)
         w_hat = tf.cast(1.0 - self.m, ata.dtype) * eye - ata + skew
         return FourierOperator(w_hat, self.spatial, a.dtype)
@@ -351,38 +351,59 @@ class MonotoneConv2D(OperatorFamily):
     `W` is diagonalized by the FFT: the Peaceman-Rachford resolvent
     `(I + alpha (I - W))^{-1}` is one `filters x filters` inverse per
     frequency, computed once per call (Winston & Kolter 2020, Sec. 4).
-    `U` is an ordinary "SAME" convolution of the input. With `padding=p > 0`
-    the state is the input's grid enlarged by `p` zero pixels on each side
-    and the activation zeroes that border (the prox of relu plus the
-    constraint "border = 0", still a proximal operator), so the wrap-around
-    does not join opposite edges of the image, as in the paper's code.
+    `U` is an ordinary "SAME" convolution of the input. The state is the
+    input's grid enlarged by a border of `p` zero pixels on each side and
+    the activation zeroes that border (the prox of relu plus the constraint
+    "border = 0", still a proximal operator), so the wrap-around does not
+    join opposite edges of the image, as in the paper's code. With
+    `padding="same"` (the default, Keras's convention) `p = (kernel_size -
+    1) // 2` and the output is the state without its border, of the input's
+    height and width; with an int `p` the output is the whole enlarged state.
 
     Args:
         filters: int, channels of the state.
         kernel_size: int or (kh, kw), default 3 (for `A`, `B` and `U`).
         m, activation, solver, alpha, tol, max_iter, stop_mode, **kwargs:
             as `MonotoneDense`.
-        padding: int >= 0 or a pair (rows, columns), zero border added
-            around the state, default 1.
+        padding: `"same"` (default: a border of `(kernel_size - 1) // 2`,
+            cropped from the output), or an int >= 0 or a pair (rows,
+            columns): the zero border, kept in the output.
         weight_normalization: default True (as the paper's convolutional model).
 
     Call arguments:
         inputs: images `[batch, H, W, C_in]`.
 
     Returns:
+        `[batch, H, W, filters]` with `padding="same"`, else
         `[batch, H + 2 pad_rows, W + 2 pad_cols, filters]`.
     """
 
     cell_class = MonotoneConvCell
     cell_name = "monotone_conv_cell"
 
-    def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", padding=1, weight_normalization=True,
+    def __init__(self, filters, kernel_size=3, m=1.0, activation="relu", padding="same", weight_normalization=True,
                  kernel_initializer=LINEAR_INIT, bias_initializer="zeros", solver="peaceman_rachford",
                  alpha=1.0, tol=1e-4, max_iter=100, stop_mode="rel", **kwargs):
+        self.same = padding == "same"
+        if self.same:
+            kh, kw = validation.int_pair(kernel_size, "kernel_size", _odd, "an odd int or a pair of them")
+            padding = ((kh - 1) // 2, (kw - 1) // 2)
         super().__init__(dict(filters=filters, kernel_size=kernel_size, m=m, activation=activation,
                               padding=padding, weight_normalization=weight_normalization,
                               kernel_initializer=kernel_initializer, bias_initializer=bias_initializer),
                          solver, alpha, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
+
+    def readout(self, z):
+        if not self.same:
+            return z
+        ph, pw = self.cell.padding
+        return z[:, ph:z.shape[1] - ph, pw:z.shape[2] - pw, :]
+
+    def readout_shape(self, state_shape, input_shape):
+        return (input_shape[1], input_shape[2], state_shape[2]) if self.same else state_shape
+
+    def get_config(self):
+        return {**super().get_config(), **({"padding": "same"} if self.same else {})}
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")

@@ -122,7 +122,9 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
             loop from a non-XLA graph.
 
     Returns:
-        `(z, info)`: the lowest-residual iterate of each sample, in the
+        `(z, info)`: for each sample its first iterate within `tol` (so
+        that it does not depend on the rest of the batch), or else its
+        lowest-residual iterate, in the
         structure of `z0`, and a `SolverInfo` (with the absolute residual of
         each block of a nested state in `block_residuals`).
 
@@ -186,12 +188,15 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
             cand = tf.ensure_shape(cand, z.shape)
         res = measure(diff, ref, cand)
         finite = tf.math.is_finite(res)
-        better = res < best_res  # false for NaN
+        # A converged sample keeps its first converged iterate, so that its
+        # result does not depend on the other samples of its batch.
+        done = best_res <= tol_sq
+        better = (res < best_res) & tf.logical_not(done)  # false for NaN
         best_z = tf.where(better, cand, best_z)
         best_res = tf.where(better, res, best_res)
         if track_blocks:
             best_blocks = tf.where(better, stop(block_sq(diff)), best_blocks)
-        ok = ok & finite
+        ok = ok & (finite | done)
         trace = trace.write(k, tf.reduce_max(tf.where(finite, res, tf.zeros_like(res))))
         return k + 1, z_next, state, best_z, best_res, best_blocks, ok, trace
 
