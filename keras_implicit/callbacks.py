@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.layers.fpi import ForwardFPI
 
 
@@ -60,8 +61,11 @@ class SolverBoard(keras.callbacks.Callback):
 
     Example:
 
-    >>> cb = ki.callbacks.SolverBoard("logs", x_val[:16])  # doctest: +SKIP
-    >>> model.fit(x, y, callbacks=[keras.callbacks.TensorBoard("logs"), cb])  # doctest: +SKIP
+    >>> import tempfile, numpy as np, keras_implicit as ki
+    >>> board = ki.callbacks.SolverBoard(tempfile.mkdtemp(), np.zeros((32, 64)), max_samples=8)
+    >>> board.probe.shape
+    (8, 64)
+    >>> model.fit(x, y, callbacks=[keras.callbacks.TensorBoard("logs"), board])  # doctest: +SKIP
 
     Then `tensorboard --logdir logs`: the Images tab shows the traces and the
     Histograms tab the iteration counts.
@@ -70,8 +74,9 @@ class SolverBoard(keras.callbacks.Callback):
     def __init__(self, log_dir, probe, max_samples=16, every=1):
         super().__init__()
         self.log_dir = str(log_dir)
+        validation.integer(max_samples, "max_samples")
+        self.every = validation.integer(every, "every")
         self.probe = tf.nest.map_structure(lambda t: np.asarray(t)[:max_samples], probe)
-        self.every = every
         self._writer = None
 
     def _layer_inputs(self, layers):

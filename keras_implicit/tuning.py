@@ -17,10 +17,12 @@ solver work (`objective=keras_tuner.Objective("val_score", "max")`).
 
 Example:
 
->>> import keras_tuner as kt, keras_implicit as ki
+>>> import tempfile, keras_tuner as kt, keras_implicit as ki
 >>> hypermodel = ki.tuning.EquilibriumHyperModel("mondeq", input_shape=(64,), classes=10)
 >>> tuner = kt.RandomSearch(hypermodel, objective=ki.tuning.OBJECTIVE, max_trials=2,
-...                         directory="/tmp/kt", project_name="doc", overwrite=True)
+...                         directory=tempfile.mkdtemp(), project_name="doc")
+>>> sorted(tuner.oracle.get_space().values)
+['alpha', 'backward', 'learning_rate', 'm', 'max_iter', 'solver', 'tol', 'units']
 """
 
 import time

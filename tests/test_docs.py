@@ -16,6 +16,8 @@ MODULES = [
     "keras_implicit.robustness",
     "keras_implicit.autodiff",
     "keras_implicit.layers.fpi_models",
+    "keras_implicit.tuning",
+    "keras_implicit.callbacks",
 ]
 
 
