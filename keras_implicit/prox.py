@@ -12,7 +12,12 @@ version `prox_{alpha f} = (I + alpha df)^{-1}` and, for the backward pass, the
 | `soft_threshold`   | lam |z|                             | soft-threshold at alpha lam | any |
 | `leaky_relu`       | (1/a - 1) z^2 / 2 for z < 0        | v, or v / (1 + alpha (1/a - 1)) for v < 0 | any |
 | `identity`         | 0                                   | identity            | any   |
-| `tanh`, `sigmoid`-like | no closed form for alpha != 1    | sigma itself        | 1 only |
+| `tanh`             | ((1+z) log(1+z) + (1-z) log(1-z)) / 2 - z^2 / 2 on [-1, 1] | tanh | 1 only |
+| `sigmoid`          | z log z + (1-z) log(1-z) - z^2 / 2 on [0, 1] | sigmoid      | 1 only |
+
+`value(z)` evaluates `f` elementwise (`inf` outside its domain): for
+`sigma = prox_f`, `v = z + f'(z)`, so `f' = sigma^{-1} - id` (`artanh(z) - z`
+for tanh, `logit(z) - z` for sigmoid), integrated.
 
 So Peaceman-Rachford or forward-backward with `alpha != 1` need one of the
 first four; with `alpha = 1` any listed activation works.
@@ -40,6 +45,10 @@ class Prox(Configurable):
         """d sigma / dv at the point whose output is `z` (a Clarke element)."""
         raise NotImplementedError
 
+    def value(self, z):
+        """The convex function `f` with `prox_f = sigma`, elementwise (`inf` off its domain)."""
+        raise NotImplementedError
+
     def supports(self, alpha):
         return self.any_alpha or float(alpha) == 1.0
 
@@ -54,6 +63,9 @@ class ReLU(Prox):
 
     def derivative(self, z):
         return tf.cast(z > 0, z.dtype)
+
+    def value(self, z):
+        return tf.where(z >= 0, tf.zeros_like(z), tf.fill(tf.shape(z), tf.constant(float("inf"), z.dtype)))
 
 
 class SoftThreshold(Prox):
@@ -70,6 +82,9 @@ class SoftThreshold(Prox):
 
     def derivative(self, z):
         return tf.cast(tf.not_equal(z, 0), z.dtype)
+
+    def value(self, z):
+        return self.lam * tf.abs(z)
 
     def get_config(self):
         return {"lam": self.lam}
@@ -90,6 +105,9 @@ class LeakyReLU(Prox):
     def derivative(self, z):
         return tf.where(z >= 0, tf.ones_like(z), self.negative_slope * tf.ones_like(z))
 
+    def value(self, z):
+        return 0.5 * (1.0 / self.negative_slope - 1.0) * tf.square(tf.minimum(z, 0.0))
+
     def get_config(self):
         return {"negative_slope": self.negative_slope}
 
@@ -105,6 +123,9 @@ class Identity(Prox):
     def derivative(self, z):
         return tf.ones_like(z)
 
+    def value(self, z):
+        return tf.zeros_like(z)
+
 
 class Tanh(Prox):
     """`tanh`: its prox is known in closed form only for alpha = 1."""
@@ -118,6 +139,31 @@ class Tanh(Prox):
     def derivative(self, z):
         return 1.0 - tf.square(z)
 
+    def value(self, z):
+        inside = 0.5 * (tf.math.xlogy(1.0 + z, 1.0 + z) + tf.math.xlogy(1.0 - z, 1.0 - z)) - 0.5 * tf.square(z)
+        return _outside_is_inf(inside, tf.abs(z) <= 1.0)
+
+
+class Sigmoid(Prox):
+    """`sigmoid`: its prox is known in closed form only for alpha = 1."""
+
+    name = "sigmoid"
+    any_alpha = False
+
+    def prox(self, v, alpha):
+        return tf.sigmoid(v)
+
+    def derivative(self, z):
+        return z * (1.0 - z)
+
+    def value(self, z):
+        inside = tf.math.xlogy(z, z) + tf.math.xlogy(1.0 - z, 1.0 - z) - 0.5 * tf.square(z)
+        return _outside_is_inf(inside, (z >= 0.0) & (z <= 1.0))
+
+
+def _outside_is_inf(values, inside):
+    return tf.where(inside, values, tf.fill(tf.shape(values), tf.constant(float("inf"), values.dtype)))
+
 
 get, serialize, deserialize, register = Registry(
-    "activation", Prox, (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh)).functions()
+    "activation", Prox, (ReLU, SoftThreshold, LeakyReLU, Identity, Tanh, Sigmoid)).functions()

@@ -18,6 +18,7 @@ MODULES = [
     "keras_implicit.layers.fpi_models",
     "keras_implicit.tuning",
     "keras_implicit.callbacks",
+    "keras_implicit.layers.opteq",
 ]
 
 

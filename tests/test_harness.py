@@ -46,6 +46,8 @@ CASES = {
     "MonotoneConvCell": _cell_case(lambda: L.MonotoneConvCell(2, **F64), (2, 4, 4, 1), "MonotoneConv2D"),
     "MonotoneMultiscale": (lambda: L.MonotoneMultiscale((2, 2), **TOL, **F64), (2, 2, 2, 1), "equilibrium"),
     "MonotoneMultiscaleCell": _cell_case(lambda: L.MonotoneMultiscaleCell((2, 2), **F64), (2, 2, 2, 1), "MonotoneMultiscale"),
+    "OptEqDense": (lambda: L.OptEqDense(6, prior="sparse", max_norm=0.9, **TOL, **F64), (3, 4), "equilibrium"),
+    "OptEqCell": _cell_case(lambda: L.OptEqCell(6, activation="tanh", max_norm=0.9, **F64), (3, 4), "OptEqDense"),
     "LipschitzDense": (lambda: L.LipschitzDense(6, 3, **TOL, **F64), (3, 4), "equilibrium"),
     "LipschitzCell": _cell_case(lambda: L.LipschitzCell(6, 3, **F64), (3, 4), "LipschitzDense"),
     "LipschitzConv2D": (lambda: L.LipschitzConv2D(2, 3, **TOL, **F64), (2, 4, 4, 1), "equilibrium"),

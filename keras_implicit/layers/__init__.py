@@ -20,6 +20,7 @@ from keras_implicit.layers.monotone import (
     MonotoneMultiscaleCell,
     tune_alpha,
 )
+from keras_implicit.layers.opteq import OptEqCell, OptEqDense
 
 __all__ = [
     "AOLDense",
@@ -41,6 +42,8 @@ __all__ = [
     "MonotoneDense",
     "MonotoneMultiscale",
     "MonotoneMultiscaleCell",
+    "OptEqCell",
+    "OptEqDense",
     "ReLUEnergy",
     "SLLConv2D",
     "SLLDense",
