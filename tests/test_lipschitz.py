@@ -283,7 +283,7 @@ def test_bad_lipschitz(bad):
         LipschitzConv2D(2, 2, lipschitz=bad)
 
 
-@pytest.mark.parametrize("bad", ["gelu", "swish", "sigmoid", {"class_name": "leaky_relu", "config": {"negative_slope": 2.0}}])
+@pytest.mark.parametrize("bad", ["gelu", "swish", "selu", {"class_name": "leaky_relu", "config": {"negative_slope": 2.0}}])
 def test_bad_activation(bad):
     with pytest.raises(ValueError, match="Received: (activation|negative_slope)="):
         LipschitzDense(4, 2, activation=bad)

@@ -51,7 +51,7 @@ def check_activation(activation):
     except ValueError:
         raise ValueError(
             "LBEN needs a monotone activation with slopes in [0, 1] (one of "
-            "'relu', 'leaky_relu', 'soft_threshold', 'identity', 'tanh'). "
+            "'relu', 'leaky_relu', 'soft_threshold', 'identity', 'tanh', 'sigmoid'). "
             f"Received: activation={activation!r}"
         ) from None
 
