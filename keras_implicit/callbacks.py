@@ -7,11 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit.export import fpi_layers
 from keras_implicit.layers.fpi import ForwardFPI
-
-
-def _equilibrium_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, ForwardFPI)]
 
 
 def _trace_png(traces, iterations, title):
@@ -91,7 +88,7 @@ class SolverBoard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch % self.every:
             return
-        layers = _equilibrium_layers(self.model)
+        layers = [layer for layer in fpi_layers(self.model) if isinstance(layer, ForwardFPI)]
         if not layers:
             raise ValueError(
                 "SolverBoard found no equilibrium layer (ForwardFPI or a family layer) in "
