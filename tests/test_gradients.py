@@ -86,9 +86,13 @@ def test_implicit_matches_finite_differences(solver):
     rng = np.random.default_rng(3)
     h = 1e-5
 
-    def loss_at(xv):
+    @tf.function  # the differences need many tight solves: one graph (op by op, each iteration costs ms)
+    def loss_graph(xv):
         z, _ = ki.fixed_point(f, tf.zeros([B, N], tf.float64), xv, solver=solver, tol=1e-14, max_iter=500)
-        return float(tf.reduce_sum(tf.sin(z) * r))
+        return tf.reduce_sum(tf.sin(z) * r)
+
+    def loss_at(xv):
+        return float(loss_graph(xv))
 
     v = rng.standard_normal(x.shape)
     fd = (loss_at(x + h * v) - loss_at(x - h * v)) / (2 * h)
@@ -182,6 +186,7 @@ def test_second_order_matches_finite_differences(compile):
 
     run = tf.function(second) if compile else second
     dpen_dw, hvp = run(x)
+    grad_x = tf.function(grad_x)  # the finite differences below: one graph
     h = 1e-5
     fd_hvp = (grad_x(x + h * v) - grad_x(x - h * v)) / (2 * h)
     assert _rel(hvp.numpy(), fd_hvp.numpy()) < 1e-6
