@@ -140,7 +140,8 @@ def _higher_order_tape(nested):
             _PROBE = tf.Variable(0.0, trainable=True, name="keras_implicit_tape_probe")
     _PROBE.read_value()
     leaves = [t for t in tf.nest.flatten(tensors) if isinstance(t, tf.Tensor)]
-    leaves += [v.value.handle for v in variables] + [_PROBE.handle]
+    # `_value`: the tf.Variable itself (`value` is a cast copy under mixed precision)
+    leaves += [getattr(v, "_value", v).handle for v in variables] + [_PROBE.handle]
     return _gradient_types(leaves) == 2
 
 

@@ -120,6 +120,37 @@ def _check_box(box):
     return float(box[0]), float(box[1])
 
 
+def _largest_singular_value(v):
+    """`||V||_2` (in float32 for half-precision `V`: no SVD kernel takes float16)."""
+    wide = tf.float32 if v.dtype in (tf.float16, tf.bfloat16) else v.dtype
+    return tf.cast(tf.linalg.svd(tf.cast(v, wide), compute_uv=False)[0], v.dtype)
+
+
+def bounded_weight(v, max_norm, normalization):
+    """`W = V min(1, max_norm / ||V||_2)` (exact largest singular value) with
+    `normalization="spectral"`, else `V` itself."""
+    v = tf.convert_to_tensor(v)
+    if normalization != "spectral":
+        return v
+    sigma = _largest_singular_value(v)
+    return v * tf.minimum(tf.constant(1.0, v.dtype), max_norm / (sigma + 1e-30))
+
+
+def check_bound(v, max_norm):
+    """Raises unless `||V||_2 <= max_norm` (eagerly a ValueError; in a graph
+    an assertion, which XLA-compiled steps drop): a user weight that breaks
+    the bound is reported, never clipped."""
+    sigma = _largest_singular_value(tf.convert_to_tensor(v))
+    bound = max_norm * (1 + 1e-6)
+    message = ("With normalization=None the weight must keep ||W||_2 <= max_norm; the objective "
+               "is not convex otherwise.")
+    if tf.executing_eagerly():
+        if float(sigma) > bound:
+            raise ValueError(f"{message} Received: ||W||_2={float(sigma):.6g}, max_norm={max_norm}")
+        return None
+    return tf.debugging.assert_less_equal(sigma, tf.constant(bound, sigma.dtype), message=message)
+
+
 @keras.saving.register_keras_serializable(package="keras_implicit")
 class OptEqCell(OperatorCell):
     """The OptEq cell `f(z, x) = prox_{f + g}(W^T W z + U x + b)` (see `OptEqDense`)."""
@@ -148,24 +179,11 @@ class OptEqCell(OperatorCell):
 
     def weight(self):
         """`W` (`units x units`, acting on column vectors): `||W||_2 <= max_norm`."""
-        v = tf.convert_to_tensor(self.V)
-        sigma = tf.linalg.svd(v, compute_uv=False)[0]
-        if self.normalization == "spectral":
-            return v * tf.minimum(tf.constant(1.0, v.dtype), self.max_norm / (sigma + 1e-30))
-        return v
+        return bounded_weight(self.V, self.max_norm, self.normalization)
 
     def check_weight(self):
-        """With `normalization=None`: raises unless `||W||_2 <= max_norm` (eagerly a
-        ValueError; in a graph an assertion, which XLA-compiled steps drop)."""
-        sigma = tf.linalg.svd(tf.convert_to_tensor(self.V), compute_uv=False)[0]
-        bound = self.max_norm * (1 + 1e-6)
-        message = ("With normalization=None the weight must keep ||W||_2 <= max_norm; the objective "
-                   "is not convex otherwise.")
-        if tf.executing_eagerly():
-            if float(sigma) > bound:
-                raise ValueError(f"{message} Received: ||W||_2={float(sigma):.6g}, max_norm={self.max_norm}")
-            return None
-        return tf.debugging.assert_less_equal(sigma, tf.constant(bound, sigma.dtype), message=message)
+        """With `normalization=None`: raises unless `||W||_2 <= max_norm` (see `check_bound`)."""
+        return check_bound(self.V, self.max_norm)
 
     def implicit_weight(self):
         """The operator `W^T W` of `z = prox(W^T W z + U x + b)`."""
@@ -275,4 +293,4 @@ class OptEqDense(OperatorFamily):
         return self.cell.objective(x, tf.convert_to_tensor(z, self.compute_dtype))
 
 
-__all__ = ["OptEqCell", "OptEqDense", "Prior"]
+__all__ = ["OptEqCell", "OptEqDense", "Prior", "bounded_weight", "check_bound"]
