@@ -3,10 +3,10 @@
 `add_solver_hyperparameters(hp, family)` declares the solve settings of a
 family (solver, tolerance, iteration budget, backward mode, and the family's
 own constants: `alpha` and `m` for monDEQ, the Lipschitz bound `gamma` for
-LBEN) and returns them as layer arguments. `EquilibriumHyperModel` builds a
+LBEN, the weight bound `max_norm` for OptEq and GEQ) and returns them as layer arguments. `EquilibriumHyperModel` builds a
 classifier around one equilibrium layer per trial: a fixed-point DEQ
-(`"deq"`), a monDEQ (`"mondeq"`, `"mondeq_conv"`), an LBEN (`"lben"`) or the
-FPI_NN network (`"fpi"`). Its `fit` adds `CostAwareScore`, which logs
+(`"deq"`), a monDEQ (`"mondeq"`, `"mondeq_conv"`), an LBEN (`"lben"`), the
+FPI_NN network (`"fpi"`), OptEq (`"opteq"`) or GEQ (`"geq"`). Its `fit` adds `CostAwareScore`, which logs
 
     val_score = val_accuracy - cost_weight * cost
 
@@ -34,7 +34,7 @@ import numpy as np
 from keras_implicit import layers as layers_lib
 from keras_implicit import validation
 
-FAMILIES = ("deq", "mondeq", "mondeq_conv", "lben", "fpi")
+FAMILIES = ("deq", "mondeq", "mondeq_conv", "lben", "fpi", "opteq", "geq")
 OBJECTIVE = kt.Objective("val_score", direction="max")
 
 _GENERAL_SOLVERS = ["anderson", "broyden", "fixed_point"]
@@ -48,7 +48,8 @@ def add_solver_hyperparameters(hp, family="deq", solvers=None, tol=(1e-4, 1e-2),
     Args:
         hp: a `keras_tuner.HyperParameters`.
         family: one of `FAMILIES`; chooses the solvers offered and the
-            family constants (`alpha`, `m` for monDEQ; `lipschitz` for LBEN).
+            family constants (`alpha`, `m` for monDEQ; `lipschitz` for LBEN;
+            `max_norm` for OptEq and GEQ).
         solvers: the solver names to choose from (default: the splitting
             solvers for monDEQ/LBEN, Anderson/Broyden/fixed-point otherwise).
         tol: `(low, high)` of the log-uniform tolerance.
@@ -59,7 +60,7 @@ def add_solver_hyperparameters(hp, family="deq", solvers=None, tol=(1e-4, 1e-2),
         A dict of keyword arguments for the family's layer.
     """
     validation.one_of(family, "family", FAMILIES)
-    operator = family in ("mondeq", "mondeq_conv", "lben")
+    operator = family in ("mondeq", "mondeq_conv", "lben", "opteq")
     solvers = list(solvers or (_SPLITTING_SOLVERS[:1] if family == "lben" else
                                _SPLITTING_SOLVERS if operator else _GENERAL_SOLVERS))
     kwargs = {
@@ -74,6 +75,8 @@ def add_solver_hyperparameters(hp, family="deq", solvers=None, tol=(1e-4, 1e-2),
         kwargs["m"] = hp.Float("m", 0.05, 1.0, sampling="log")
     if family == "lben":
         kwargs["lipschitz"] = hp.Float("gamma", 0.5, 10.0, sampling="log")
+    if family in ("opteq", "geq"):
+        kwargs["max_norm"] = hp.Float("max_norm", 0.5, 0.99)
     return kwargs
 
 
@@ -172,6 +175,10 @@ class EquilibriumHyperModel(kt.HyperModel):
                 layer = layers_lib.MonotoneDense(width, name="deq", **settings)
             elif self.family == "lben":
                 layer = layers_lib.LipschitzDense(width, self.classes, name="deq", **settings)
+            elif self.family == "opteq":
+                layer = layers_lib.OptEqDense(width, name="deq", **settings)
+            elif self.family == "geq":
+                layer = layers_lib.GaussianEquilibrium(width, name="deq", **settings)
             else:
                 layer = layers_lib.FPINetwork(width, hidden=width, name="deq", **settings)
             z = layer(inputs)

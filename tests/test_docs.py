@@ -19,6 +19,7 @@ MODULES = [
     "keras_implicit.tuning",
     "keras_implicit.callbacks",
     "keras_implicit.layers.opteq",
+    "keras_implicit.layers.geq",
 ]
 
 

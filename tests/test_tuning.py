@@ -18,7 +18,8 @@ def test_search_space_builds_each_family(family):
     assert model.output_shape == (None, 10)
     names = set(hp.values)
     assert {"solver", "tol", "max_iter", "backward", "learning_rate"} <= names
-    assert ("alpha" in names) == (family in ("mondeq", "mondeq_conv", "lben"))
+    assert ("alpha" in names) == (family in ("mondeq", "mondeq_conv", "lben", "opteq"))
+    assert ("max_norm" in names) == (family in ("opteq", "geq"))
     assert ("m" in names) == (family in ("mondeq", "mondeq_conv"))
     assert ("gamma" in names) == (family == "lben")
     layer = model.get_layer("deq")

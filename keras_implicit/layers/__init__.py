@@ -3,6 +3,7 @@
 from keras_implicit.layers.cells import DenseCell
 from keras_implicit.layers.explicit import AOLDense, CPLDense, SandwichDense, SLLConv2D, SLLDense
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
+from keras_implicit.layers.geq import GaussianEquilibrium, GaussianEquilibriumCell
 from keras_implicit.layers.fpi_models import (
     EnergyDescentCell,
     FPIGradientDescent,
@@ -32,6 +33,8 @@ __all__ = [
     "FPINetwork",
     "FPINetworkCell",
     "ForwardFPI",
+    "GaussianEquilibrium",
+    "GaussianEquilibriumCell",
     "LipschitzCell",
     "LipschitzConv2D",
     "LipschitzConvCell",
