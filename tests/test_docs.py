@@ -20,6 +20,7 @@ MODULES = [
     "keras_implicit.callbacks",
     "keras_implicit.layers.opteq",
     "keras_implicit.layers.geq",
+    "keras_implicit.layers.multibranch",
 ]
 
 

@@ -46,6 +46,10 @@ CASES = {
     "MonotoneConvCell": _cell_case(lambda: L.MonotoneConvCell(2, **F64), (2, 4, 4, 1), "MonotoneConv2D"),
     "MonotoneMultiscale": (lambda: L.MonotoneMultiscale((2, 2), **TOL, **F64), (2, 2, 2, 1), "equilibrium"),
     "MonotoneMultiscaleCell": _cell_case(lambda: L.MonotoneMultiscaleCell((2, 2), **F64), (2, 2, 2, 1), "MonotoneMultiscale"),
+    "MultiBranchEquilibrium": (lambda: L.MultiBranchEquilibrium(2, scales=(1, 2), patch_size=2, backward="implicit",
+                                                                **TOL, **F64), (2, 4, 4, 1), "equilibrium"),
+    "MultiBranchCell": _cell_case(lambda: L.MultiBranchCell(2, scales=(1, 2), gamma=0.3, **F64), (2, 4, 4, 1),
+                                  "MultiBranchEquilibrium"),
     "OptEqDense": (lambda: L.OptEqDense(6, prior="sparse", max_norm=0.9, **TOL, **F64), (3, 4), "equilibrium"),
     "OptEqCell": _cell_case(lambda: L.OptEqCell(6, activation="tanh", max_norm=0.9, **F64), (3, 4), "OptEqDense"),
     "GaussianEquilibrium": (lambda: L.GaussianEquilibrium(6, features=4, patch_size=2, activation="tanh", **TOL, **F64),
@@ -122,7 +126,8 @@ def test_cell_harness(name):
     twin = L.ForwardFPI(clone, **TOL, **F64)
     twin(x)
     twin.set_weights(layer.get_weights())
-    np.testing.assert_allclose(twin(x).numpy(), y.numpy(), atol=1e-10)
+    for a, b in zip(tf.nest.flatten(twin(x)), tf.nest.flatten(y)):  # a nested state: each block
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10)
     # the layer that holds this cell class runs the rest of the harness
     family = CASES[covered_by][0]()
     family(x)

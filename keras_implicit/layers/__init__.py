@@ -21,6 +21,7 @@ from keras_implicit.layers.monotone import (
     MonotoneMultiscaleCell,
     tune_alpha,
 )
+from keras_implicit.layers.multibranch import MultiBranchCell, MultiBranchEquilibrium
 from keras_implicit.layers.opteq import OptEqCell, OptEqDense
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "MonotoneDense",
     "MonotoneMultiscale",
     "MonotoneMultiscaleCell",
+    "MultiBranchCell",
+    "MultiBranchEquilibrium",
     "OptEqCell",
     "OptEqDense",
     "ReLUEnergy",

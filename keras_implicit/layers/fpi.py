@@ -283,15 +283,20 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
             self.fwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_fwd_iters")
             self.fwd_res_metric = keras.metrics.Mean(name=f"{self.name}_fwd_res")
             self.bwd_iters_metric = _BackwardIterations(name=f"{self.name}_bwd_iters")
-            self.block_res_metrics = []
-            blocks = 0 if self.state_shape is None else len(block_shapes(self.state_shape))
-            if blocks > 1:
-                self.block_res_metrics = [keras.metrics.Mean(name=f"{self.name}_fwd_res_{b}")
-                                          for b in range(blocks)]
+            self._add_block_metrics()
+
+    def _add_block_metrics(self):
+        """`<name>_fwd_res_<b>` per block of a nested state, once its shape is known
+        (at construction, or at build for a state that follows the input)."""
+        blocks = 0 if self.state_shape is None else len(block_shapes(self.state_shape))
+        self.block_res_metrics = [keras.metrics.Mean(name=f"{self.name}_fwd_res_{b}")
+                                  for b in range(blocks)] if blocks > 1 else []
 
     def build(self, input_shape):
         if self.state_shape is None:
             self.state_shape = _state_shape(self.cell, input_shape)
+            if self.track_metrics:
+                self._add_block_metrics()
         if not self.cell.built:
             _build_cell(self.cell, input_shape, self.state_shape)
         self.input_shape_for_export = tuple(input_shape)

@@ -128,11 +128,13 @@ def _largest_singular_value(v):
 
 def bounded_weight(v, max_norm, normalization):
     """`W = V min(1, max_norm / ||V||_2)` (exact largest singular value) with
-    `normalization="spectral"`, else `V` itself."""
+    `normalization="spectral"`, `V min(1, max_norm / ||V||_F)` with "weight",
+    `V` itself with None."""
     v = tf.convert_to_tensor(v)
-    if normalization != "spectral":
+    if normalization is None:
         return v
-    sigma = _largest_singular_value(v)
+    # "weight": the Frobenius norm, an upper bound of ||V||_2 (cheap: no SVD)
+    sigma = tf.norm(v) if normalization == "weight" else _largest_singular_value(v)
     return v * tf.minimum(tf.constant(1.0, v.dtype), max_norm / (sigma + 1e-30))
 
 
