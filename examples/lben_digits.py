@@ -25,7 +25,6 @@ Run: python examples/lben_digits.py [--epochs 40] [--seed 0]
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -42,6 +41,11 @@ from keras_implicit.layers import (  # noqa: E402
 )
 from keras_implicit.lipschitz import lipschitz_bound  # noqa: E402
 from keras_implicit.robustness import certified_accuracy, empirical_lipschitz  # noqa: E402
+
+try:
+    from mondeq_digits import fit_timed
+except ImportError:  # run from the repository root
+    from examples.mondeq_digits import fit_timed
 
 GAMMAS = (0.1, 0.2, 0.5, 1.0, 5.0)
 EPS = (0.1, 0.25, 0.5)
@@ -87,14 +91,8 @@ def certified_bound(model):
 
 
 def run(name, build, data, seed, epochs):
-    (x_tr, y_tr), (x_te, y_te) = data
-    keras.utils.set_random_seed(seed)
-    model = build()
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    start = time.perf_counter()
-    hist = model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
-    seconds = time.perf_counter() - start
+    (x_te, y_te) = data[1]
+    model, hist, seconds = fit_timed(build, data, seed, epochs)
     acc = model.evaluate(x_te, y_te, verbose=0, return_dict=True)["accuracy"]
     emp = empirical_lipschitz(model, x_te, steps=200, pairs=64, learning_rate=0.01, seed=seed)
     bound = certified_bound(model)

@@ -27,7 +27,6 @@ Run: python examples/opteq_geq.py [--part dense|conv] [--dataset digits|mnist1d]
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,9 +39,9 @@ from keras_implicit.layers import (GaussianEquilibrium, MonotoneConv2D, Monotone
                                    MultiBranchEquilibrium, OptEqDense)
 
 try:
-    from mondeq_digits import mlp_like
+    from mondeq_digits import fit_timed, mlp_like
 except ImportError:  # run from the repository root
-    from examples.mondeq_digits import mlp_like
+    from examples.mondeq_digits import fit_timed, mlp_like
 
 NOISE = (0.1, 0.3, 0.5)
 SETTINGS = {"tol": 1e-2, "stop_mode": "rel", "name": "deq"}
@@ -85,15 +84,10 @@ def conv_models():
     }
 
 
-def run(build, data, seed, epochs, batch_size=64):
-    (x_tr, y_tr), (x_te, y_te) = data
-    keras.utils.set_random_seed(seed)
-    model = build()
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    start = time.perf_counter()
-    hist = model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, verbose=0)
-    per_epoch = (time.perf_counter() - start) / epochs
+def run(build, data, seed, epochs):
+    (x_te, y_te) = data[1]
+    model, hist, seconds = fit_timed(build, data, seed, epochs)
+    per_epoch = seconds / epochs
     row = {"params": model.count_params(), "seconds_per_epoch": per_epoch,
            "accuracy": model.evaluate(x_te, y_te, verbose=0, return_dict=True)["accuracy"],
            "fwd_iters": hist.history.get("deq_fwd_iters", [None])[-1],
@@ -146,7 +140,7 @@ def main():
     print(f"{'model':<40}{'params':>8}{'test accuracy':>18}{'fwd/bwd it':>12}{'s/epoch':>9}"
           + "".join(f"{'noise ' + str(s):>11}" for s in NOISE) + f"{'emp. Lip.':>11}")
     for name, r in rows.items():
-        its = f"{r['fwd_iters']:.1f}/{r['bwd_iters']:.1f}" if r["fwd_iters"] is not None else "-"
+        its = "/".join("-" if r[k] is None else f"{r[k]:.1f}" for k in ("fwd_iters", "bwd_iters"))  # phantom: no bwd
         print(f"{name:<40}{r['params']:>8}{r['accuracy']:>10.2f} +- {r['accuracy_sd']:.2f}{its:>12}"
               f"{r['seconds_per_epoch']:>9.2f}" + "".join(f"{r[f'noise_{s}']:>10.2f}%" for s in NOISE)
               + f"{r['empirical_lipschitz']:>11.2f}")
