@@ -113,9 +113,10 @@ class GaussianEquilibriumCell(keras.layers.Layer):
     def prox(self, v, alpha):
         return self.activation.prox(v, alpha) if self.prior is None else self.prior.prox(v, alpha)
 
-    def residual(self, x, z):
-        """`r = W z - U x`, shape `[batch, features]`."""
-        return tf.matmul(z, self.weight(), transpose_b=True) - tf.matmul(x, self.kernel)
+    def residual(self, x, z, w=None):
+        """`r = W z - U x`, shape `[batch, features]` (`w`: `W`, if already computed)."""
+        w = self.weight() if w is None else w
+        return tf.matmul(z, w, transpose_b=True) - tf.matmul(x, self.kernel)
 
     def patch_distances(self, r):
         """`||r_p||^2` per patch, shape `[batch, features / patch_size]`."""
@@ -126,10 +127,11 @@ class GaussianEquilibriumCell(keras.layers.Layer):
         return tf.cast(tf.convert_to_tensor(self.gamma), dtype)
 
     def call(self, z, x):
-        r = self.residual(x, z)
+        w = self.weight()  # once per iteration: W z and W^T (k r) share it
+        r = self.residual(x, z, w)
         k = tf.exp(-self._gamma(r.dtype) * self.patch_distances(r))
         kr = tf.repeat(k, self.patch_size, axis=-1) * r
-        return self.prox(self.bias + tf.matmul(kr, self.weight()), 1.0)
+        return self.prox(self.bias + tf.matmul(kr, w), 1.0)
 
     def objective(self, x, z):
         """`E(x, z)` per sample (`inf` where `z` is outside the prior's or activation's domain)."""
