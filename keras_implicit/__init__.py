@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from keras_implicit import autodiff, backward, callbacks, layers, lipschitz, operators, prox, robustness, solvers
+from keras_implicit import autodiff, backward, callbacks, config, layers, lipschitz, operators, prox, robustness, solvers
 from keras_implicit.export import export_saved_model
 from keras_implicit.fixed_point import ConvergenceError, fixed_point
 from keras_implicit.info import CONVERGED, MAX_ITER_REACHED, NON_FINITE, SolverInfo
@@ -16,6 +16,7 @@ __all__ = [
     "autodiff",
     "backward",
     "callbacks",
+    "config",
     "export_saved_model",
     "fixed_point",
     "layers",

@@ -21,6 +21,7 @@ MODULES = [
     "keras_implicit.layers.opteq",
     "keras_implicit.layers.geq",
     "keras_implicit.layers.multibranch",
+    "keras_implicit.config",
 ]
 
 

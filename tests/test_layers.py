@@ -184,6 +184,7 @@ def _xla_functions(concrete):
     return [f.signature.name for f in lib.function if f.attr.get("_XlaMustCompile") and f.attr["_XlaMustCompile"].b]
 
 
+@pytest.mark.xla
 @pytest.mark.parametrize("jit_loop", [True, False])
 def test_solver_loops_compile_with_xla_unless_disabled(jit_loop):
     keras.utils.set_random_seed(0)

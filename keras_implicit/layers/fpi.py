@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_implicit import config
 from keras_implicit import backward as backward_lib
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.solvers.spec import SolveSpec
@@ -363,7 +364,7 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         op-by-op loop (30-140x slower). `reduce_retracing` relaxes the batch
         axis after a second shape, so new batch sizes do not retrace."""
         key = (self.solver, self.backward, self.tol, self.max_iter, self.stop_mode,
-               self.jit_loop, with_state, record, self.compute_dtype)
+               self.jit_loop and config.jit_loops_enabled(), with_state, record, self.compute_dtype)
         fn = self._compiled.functions.get(key)
         if fn is None:
             def run(x, z0):

@@ -19,6 +19,7 @@ gradients.
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import config
 from keras_implicit import info as info_lib
 from keras_implicit.registry import Configurable
 from keras_implicit.solvers.problem import BoundProblem
@@ -117,7 +118,8 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
             `tf.function(jit_compile=True)`) even when the surrounding graph
             is not, for solvers whose `compile_loop` is True. XLA fuses the
             solvers' many small per-iteration ops (3-4x faster Anderson and
-            Broyden iterations on CPU). Only for loops that are not
+            Broyden iterations on CPU); `keras_implicit.config.set_jit_loops`
+            turns it off for the whole process. Only for loops that are not
             differentiated: TensorFlow cannot backpropagate through an XLA
             loop from a non-XLA graph.
 
@@ -223,7 +225,7 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
         return tf.nest.flatten(out[:-1]) + [out[-1].stack()]
 
     flat_vars = tf.nest.flatten(loop_vars)
-    if jit_loop and solver.compile_loop and not tf.executing_eagerly():
+    if jit_loop and solver.compile_loop and config.jit_loops_enabled() and not tf.executing_eagerly():
         out = tf.function(run_loop, jit_compile=True, autograph=False)(*flat_vars)
     else:
         out = run_loop(*flat_vars)
