@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from keras_implicit import cli
+
 
 def _demo(tmp_path, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -31,11 +33,6 @@ def test_demo_fpi_model_on_mnist1d(tmp_path):
     assert "mnist1d" in out.stdout and "-> agrees" in out.stdout
 
 
-def test_demo_rejects_bad_epochs(tmp_path):
-    out = _demo(tmp_path, "--epochs", "0")
-    assert out.returncode == 2 and "--epochs" in out.stderr
-
-
 @pytest.mark.slow
 def test_demo_lben_reports_certified_accuracy_and_reloads(tmp_path):
     out = _demo(tmp_path, "--model", "lben", "--lipschitz", "2", "--epochs", "3")
@@ -47,6 +44,12 @@ def test_demo_lben_reports_certified_accuracy_and_reloads(tmp_path):
     assert "Lipschitz bound 2" in out.stdout and "-> agrees" in out.stdout
 
 
-def test_demo_rejects_bad_lipschitz(tmp_path):
-    out = _demo(tmp_path, "--model", "lben", "--lipschitz", "0")
-    assert out.returncode == 2 and "--lipschitz" in out.stderr
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be >= 1. Received: --epochs=0"),
+    (["--model", "lben", "--lipschitz", "0"], "--lipschitz must be > 0. Received: --lipschitz=0.0"),
+])
+def test_demo_rejects_bad_arguments(argv, message, capsys):
+    # in this process: the arguments are checked before anything is trained
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
