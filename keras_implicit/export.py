@@ -85,6 +85,27 @@ def _backward_endpoint(layer):
     return backward, [_spec(x_shape, dtype, "x")] + z_specs + dz_specs
 
 
+def _trace_once(archive, options):
+    """Keras traces every endpoint to list its variables, outside the save
+    context, and `tf.saved_model.save` traces it again inside it (the context
+    is part of TensorFlow's trace key): list them inside an identical save
+    context, so that the save reuses those traces (with the model no longer
+    tracked, exporting a small ForwardFPI model took 2.0 s instead of 3.3 s)."""
+    try:  # private but long-stable TensorFlow module
+        from tensorflow.python.saved_model import save_context
+    except ImportError:  # pragma: no cover
+        return
+    listing = getattr(archive, "_filter_and_track_resources", None)
+    if listing is None:  # pragma: no cover - Keras internals changed: trace twice
+        return
+
+    def listing_in_save_context():
+        with save_context.save_context(options):
+            listing()
+
+    archive._filter_and_track_resources = listing_in_save_context
+
+
 def export_saved_model(model, path, verbose=False):
     """Writes a SavedModel that serves `model` with TensorFlow alone.
 
@@ -135,8 +156,10 @@ def export_saved_model(model, path, verbose=False):
             f"Sequential with an Input). Received: model={model.name!r}"
         )
     layers = fpi_layers(model)
+    # The endpoints' variables are tracked by `add_endpoint`; tracking the
+    # model object too would make TensorFlow trace and save its default
+    # signature (the whole model and its gradient) a second time.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs]
     names = ["serve"]
     with _metrics_off(layers), first_order_only():
@@ -152,5 +175,7 @@ def export_saved_model(model, path, verbose=False):
             fn, sig = _backward_endpoint(layer)
             archive.add_endpoint(f"{layer.name}_backward", fn, input_signature=sig)
             names.append(f"{layer.name}_backward")
-        archive.write_out(str(path), verbose=verbose)
+        options = tf.saved_model.SaveOptions()
+        _trace_once(archive, options)
+        archive.write_out(str(path), options=options, verbose=verbose)
     return names
