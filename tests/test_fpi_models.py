@@ -196,32 +196,42 @@ import tensorflow as tf
 path, data = sys.argv[1], np.load(sys.argv[2])
 loaded = tf.saved_model.load(path)
 y = tf.constant(data["y"])
-fwd = loaded.signatures["fpi_forward"](x=y)
-bwd = loaded.signatures["fpi_backward"](x=y, z_star=fwd["z_star"], dz=tf.constant(data["dz"]))
+out = {}
+for kind in ("fpi_nn", "fpi_gd"):
+    fwd = loaded.signatures[f"{kind}_forward"](x=y)
+    bwd = loaded.signatures[f"{kind}_backward"](x=y, z_star=fwd["z_star"], dz=tf.constant(data["dz"]))
+    out[f"{kind}_z_star"] = fwd["z_star"].numpy()
+    out[f"{kind}_input_gradient"] = bwd["input_gradient"].numpy()
 assert "keras_implicit" not in sys.modules
-np.savez(sys.argv[3], z_star=fwd["z_star"].numpy(), input_gradient=bwd["input_gradient"].numpy())
+np.savez(sys.argv[3], **out)
 print(json.dumps(sorted(loaded.signatures.keys())))
 """
 
 
-@pytest.mark.parametrize("kind", ["fpi_nn", "fpi_gd"])
-def test_exported_backward_signature_reproduces_the_input_gradient(kind, tmp_path):
+def test_exported_backward_signatures_reproduce_the_input_gradient(tmp_path):
+    # both models in one export, checked in one TensorFlow-only process
     keras.utils.set_random_seed(0)
     y_in = keras.Input((5,), name="x")
-    layer = (FPINetwork(4, hidden=8, tol=1e-6, name="fpi") if kind == "fpi_nn"
-             else FPIGradientDescent(4, hidden=8, step_size=0.5, l2=1.0, output_activation=None, tol=1e-6,
-                                name="fpi"))
-    model = keras.Model(y_in, layer(y_in))
+    layers = {
+        "fpi_nn": FPINetwork(4, hidden=8, tol=1e-6, name="fpi_nn"),
+        "fpi_gd": FPIGradientDescent(4, hidden=8, step_size=0.5, l2=1.0, output_activation=None, tol=1e-6,
+                                     name="fpi_gd"),
+    }
+    outputs = [layers[kind](y_in) for kind in ("fpi_nn", "fpi_gd")]
+    model = keras.Model(y_in, outputs)
     x = np.random.default_rng(0).standard_normal((6, 5)).astype("float32")
-    model.compile("adam", "mse")
-    model.fit(x, np.random.default_rng(1).uniform(size=(6, 4)).astype("float32"), epochs=2, verbose=0)
+    target = np.random.default_rng(1).uniform(size=(6, 4)).astype("float32")
+    model.compile("adam", ["mse", "mse"])
+    model.fit(x, [target, target], epochs=2, verbose=0)
     dz = np.random.default_rng(2).standard_normal((6, 4)).astype("float32")
     xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        out = model(xt)
-        loss = tf.reduce_sum(out * dz)
-    live_grad = tape.gradient(loss, xt).numpy()
+    live = {}
+    for kind, layer in layers.items():
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            out = layer(xt)
+            loss = tf.reduce_sum(out * dz)
+        live[kind] = out.numpy(), tape.gradient(loss, xt).numpy()
     path = tmp_path / "sm"
     ki.export_saved_model(model, str(path))
     np.savez(tmp_path / "in.npz", y=x, dz=dz)
@@ -229,10 +239,12 @@ def test_exported_backward_signature_reproduces_the_input_gradient(kind, tmp_pat
     proc = subprocess.run([sys.executable, "-c", TF_ONLY, str(path), str(tmp_path / "in.npz"),
                            str(tmp_path / "out.npz")], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {"fpi_forward", "fpi_backward", "serve"} <= set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"fpi_nn_forward", "fpi_nn_backward", "fpi_gd_forward", "fpi_gd_backward", "serve"} <= set(
+        json.loads(proc.stdout.strip().splitlines()[-1]))
     res = np.load(tmp_path / "out.npz")
-    np.testing.assert_allclose(res["z_star"], out.numpy(), atol=1e-4)
-    np.testing.assert_allclose(res["input_gradient"], live_grad, rtol=1e-3, atol=1e-4)
+    for kind, (z_star, grad) in live.items():
+        np.testing.assert_allclose(res[f"{kind}_z_star"], z_star, atol=1e-4)
+        np.testing.assert_allclose(res[f"{kind}_input_gradient"], grad, rtol=1e-3, atol=1e-4)
 
 
 def test_keras_round_trip(tmp_path):
