@@ -61,3 +61,15 @@ def test_compiled_loops_match_uncompiled_loops(name):
 def test_set_jit_loops_rejects_a_non_bool():
     with pytest.raises(TypeError, match="Received: enabled='no'"):
         ki.config.set_jit_loops("no")
+
+
+def test_the_environment_variable_sets_the_initial_value(monkeypatch):
+    from keras_implicit import config
+
+    monkeypatch.setenv("KERAS_IMPLICIT_JIT_LOOPS", "0")
+    assert config._from_env() is False
+    monkeypatch.setenv("KERAS_IMPLICIT_JIT_LOOPS", "True")
+    assert config._from_env() is True
+    monkeypatch.setenv("KERAS_IMPLICIT_JIT_LOOPS", "yes")
+    with pytest.raises(ValueError, match="Received: KERAS_IMPLICIT_JIT_LOOPS='yes'"):
+        config._from_env()
