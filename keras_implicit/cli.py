@@ -121,7 +121,7 @@ def demo(args):
         print(f"certified accuracy (Lipschitz bound {args.lipschitz:g}, 2-norm radius): "
               + ", ".join(f"eps {e}: {c:.4f}" for e, c in zip(eps, cert)))
     export_dir = args.export or os.path.join("saved_models", f"{args.model}_{args.dataset}")
-    names = export_saved_model(model, export_dir)
+    names = export_saved_model(model, export_dir, overwrite=True)  # the demo refreshes its own export
     print(f"exported SavedModel to {export_dir} with signatures {names}")
     # One batch for both, so that both runs solve exactly the same problem (an
     # equilibrium solved to a tolerance depends a little on its batch).

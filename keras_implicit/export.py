@@ -1,6 +1,7 @@
 """SavedModel export with forward/backward endpoints for every FPI layer."""
 
 import contextlib
+import os
 
 import keras
 import tensorflow as tf
@@ -106,7 +107,7 @@ def _trace_once(archive, options):
     archive._filter_and_track_resources = listing_in_save_context
 
 
-def export_saved_model(model, path, verbose=False):
+def export_saved_model(model, path, verbose=False, overwrite=False):
     """Writes a SavedModel that serves `model` with TensorFlow alone.
 
     Signatures:
@@ -129,8 +130,11 @@ def export_saved_model(model, path, verbose=False):
 
     Args:
         model: a built Keras model.
-        path: output directory.
+        path: output directory: new, empty, or (with `overwrite=True`) one
+            to write over.
         verbose: print Keras' export summary.
+        overwrite: write into a non-empty directory (default False: refuse,
+            so that an earlier export is never replaced by mistake).
 
     Returns:
         The list of endpoint names.
@@ -154,6 +158,13 @@ def export_saved_model(model, path, verbose=False):
         raise ValueError(
             "export_saved_model needs a model with known inputs (functional or "
             f"Sequential with an Input). Received: model={model.name!r}"
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`path` must be a directory; a file is there. Received: path={str(path)!r}")
+    if not overwrite and os.path.isdir(path) and os.listdir(path):
+        raise ValueError(
+            "`path` is a non-empty directory; pass overwrite=True to write the export over it. "
+            f"Received: path={str(path)!r}"
         )
     layers = fpi_layers(model)
     # The endpoints' variables are tracked by `add_endpoint`; tracking the

@@ -145,6 +145,23 @@ def test_saved_model_cli_lists_the_signatures(exported):
         assert f"signature_def['{name}']" in out.stdout
 
 
+def test_export_refuses_a_non_empty_directory_unless_overwrite(exported, tmp_path):
+    model, path, _ = exported
+    before = sorted(os.listdir(path))
+    with pytest.raises(ValueError, match=r"overwrite=True.*Received: path="):
+        ki.export_saved_model(model, path)
+    assert sorted(os.listdir(path)) == before  # nothing was written
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"must be a directory.*Received: path="):
+        ki.export_saved_model(model, tmp_path / "f")
+    target = tmp_path / "again"
+    ki.export_saved_model(model, target)
+    assert ki.export_saved_model(model, target, overwrite=True)[0] == "serve"
+    x = np.ones((2, 10), "float32")
+    loaded = tf.saved_model.load(str(target))  # keep it: its variables live with it
+    np.testing.assert_allclose(loaded.serve(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
 def test_export_does_not_touch_training_metrics(exported):
     model, _, _ = exported
     layer = model.get_layer("fpi")
