@@ -1,4 +1,4 @@
-"""Shared finite-difference checks for the gradient tests (float64)."""
+"""Shared checks: finite differences for the gradient tests (float64), XLA functions in a graph."""
 
 import numpy as np
 
@@ -32,3 +32,9 @@ def check_variables_fd(variables, grads, loss_of, rng, h=1e-6, jointly=False):
         fd = (vals[0] - vals[1]) / (2 * h)
         analytic = sum(float(np.sum(g.numpy() * d)) for (_, g), d in zip(group, dirs))
         assert_close_directional(fd, analytic, [v.name for v, _ in group])
+
+
+def xla_functions(concrete):
+    """Names of the functions a concrete function's graph marks for XLA compilation."""
+    lib = concrete.graph.as_graph_def().library
+    return [f.signature.name for f in lib.function if f.attr.get("_XlaMustCompile") and f.attr["_XlaMustCompile"].b]

@@ -6,6 +6,7 @@ import keras
 import keras_implicit as ki
 from keras_implicit.datasets import load_digits
 from keras_implicit.layers import BackwardFPI, DenseCell, ForwardFPI
+from tests import checks
 
 
 def _model(units=16, input_dim=8, dtype=None, **kwargs):
@@ -179,11 +180,6 @@ def test_run_eagerly_training_works():
     assert np.isfinite(hist.history["loss"][0]) and hist.history["fpi_bwd_iters"][0] >= 1
 
 
-def _xla_functions(concrete):
-    lib = concrete.graph.as_graph_def().library
-    return [f.signature.name for f in lib.function if f.attr.get("_XlaMustCompile") and f.attr["_XlaMustCompile"].b]
-
-
 @pytest.mark.xla
 @pytest.mark.parametrize("jit_loop", [True, False])
 def test_solver_loops_compile_with_xla_unless_disabled(jit_loop):
@@ -198,7 +194,7 @@ def test_solver_loops_compile_with_xla_unless_disabled(jit_loop):
             loss = tf.reduce_sum(layer(x) ** 2)
         return tape.gradient(loss, layer.trainable_variables)
 
-    compiled = _xla_functions(step.get_concrete_function(x))
+    compiled = checks.xla_functions(step.get_concrete_function(x))
     assert (len(compiled) >= 2) == jit_loop, compiled  # forward and adjoint loops
     grads = step(x)
     keras.utils.set_random_seed(0)

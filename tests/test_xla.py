@@ -8,12 +8,8 @@ import pytest
 import tensorflow as tf
 
 import keras_implicit as ki
+from tests import checks
 from tests.test_harness import CASES
-
-
-def _xla_functions(concrete):
-    lib = concrete.graph.as_graph_def().library
-    return [f.signature.name for f in lib.function if f.attr.get("_XlaMustCompile") and f.attr["_XlaMustCompile"].b]
 
 
 def _compiling_cases():
@@ -47,7 +43,7 @@ def test_compiled_loops_match_uncompiled_loops(name):
     for enabled in (True, False):
         ki.config.set_jit_loops(enabled)
         fn = tf.function(step)
-        compiled = _xla_functions(fn.get_concrete_function(x))
+        compiled = checks.xla_functions(fn.get_concrete_function(x))
         # forward loop (and the adjoint's for implicit backward modes) compiled only when enabled
         assert bool(compiled) == enabled, compiled
         results[enabled] = fn(x)
