@@ -40,6 +40,29 @@ def _random_layer(**kwargs):
     return layer, x
 
 
+def _same_conv_norm(w, shape):
+    """`||conv(w)||_2` of the "same" convolution on `shape`, from its dense matrix."""
+    n = int(np.prod(shape))
+    basis = tf.reshape(tf.eye(n, dtype=w.dtype), (n,) + tuple(shape))
+    return np.linalg.norm(tf.reshape(tf.nn.conv2d(basis, w, 1, "SAME"), (n, n)).numpy(), 2)
+
+
+def test_each_convolution_is_bounded_by_max_norm_and_the_bound_is_tight():
+    layer, _ = _random_layer(gamma=0.01)
+    (kh, kw) = layer.cell.kernel_size
+    for b, shape in enumerate(layer.cell.shapes):
+        v = layer.cell.V[b].numpy()
+        # rho_b: the circular convolution's norm on the zero-padded grid, from numpy's FFT and SVD
+        grid = (shape[0] + kh - 1, shape[1] + kw - 1)
+        transfer = np.fft.fft2(v, s=grid, axes=(0, 1))
+        rho = np.linalg.svd(transfer, compute_uv=False).max()
+        np.testing.assert_allclose(float(layer.cell.spectral_bound(b)), rho, rtol=1e-10)
+        assert _same_conv_norm(layer.cell.V[b], shape) <= rho * (1 + 1e-12)
+        assert _same_conv_norm(layer.cell.weight(b), shape) <= 0.8 * (1 + 1e-12)
+    # on the finest (8 x 8) grid the border costs little: the bound does not shrink W much
+    assert _same_conv_norm(layer.cell.weight(0), layer.cell.shapes[0]) >= 0.9 * 0.8
+
+
 def test_the_joint_map_contracts_by_max_norm_squared():
     layer, x = _random_layer(gamma=0.01)
     rng = np.random.default_rng(3)

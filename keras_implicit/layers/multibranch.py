@@ -25,9 +25,12 @@ takes `k = 1` (its `gamma -> 0` limit, the MOptEq/OptEq form).
 `gamma="auto"` sets each branch's `gamma_b = 0.2 / M_b` from the first batch
 (`M_b` the smallest positive `||(U_b x_b)_p||^2`, as `GaussianEquilibrium`).
 
-Convergence: the weights are bounded, `W_b = V_b min(1, max_norm /
-(sqrt(kh kw) ||V_b||_F))`, so `||W_b||_2 <= max_norm` (a "same" convolution's
-norm is at most the sum of its taps' norms, `<= sqrt(kh kw) ||V||_F`). In the
+Convergence: the weights are bounded, `W_b = V_b min(1, max_norm / rho_b)`,
+so `||W_b||_2 <= max_norm`. `rho_b` is exact up to the border: zero-padded to
+`(H_b + kh - 1) x (W_b + kw - 1)`, the "same" convolution is a restriction
+of the circular convolution on that grid, whose norm the 2-D FFT gives as
+the largest singular value of the kernel's `in x out` transfer matrix over
+the grid's frequencies (`spectral_bound`). In the
 norm that weights each branch by its pixel area (`||z_b|| sqrt(s_h s_w)`), average
 pooling and nearest up-sampling are non-expansive and the mean over
 branches too, and each branch's map has Lipschitz constant `<= max_norm^2`
@@ -38,7 +41,6 @@ exists, is unique, and plain iteration reaches it. Unlike the one-branch
 layers, no objective is claimed for the fused map.
 """
 
-import math
 
 import keras
 import tensorflow as tf
@@ -127,12 +129,25 @@ class MultiBranchCell(keras.layers.Layer):
                                      initializer=keras.initializers.Constant(start), trainable=False,
                                      aggregation="only_first_replica")
 
+    def spectral_bound(self, b, v=None):
+        """`rho_b`: the norm of the circular convolution on the `(H_b + kh - 1) x
+        (W_b + kw - 1)` grid into which branch `b`'s "same" convolution embeds
+        exactly (the largest singular value of the kernel's transfer matrix over
+        that grid's frequencies), so `||conv(V_b)||_2 <= rho_b`."""
+        v = tf.convert_to_tensor(self.V[b] if v is None else v)
+        wide, complex_dtype = (tf.float64, tf.complex128) if v.dtype == tf.float64 else (tf.float32, tf.complex64)
+        (kh, kw), (h, w, _) = self.kernel_size, self.shapes[b]
+        taps = tf.transpose(tf.cast(v, wide), [2, 3, 0, 1])  # [in, out, kh, kw]
+        taps = tf.pad(taps, [[0, 0], [0, 0], [0, h - 1], [0, w - 1]])
+        transfer = tf.transpose(tf.signal.fft2d(tf.cast(taps, complex_dtype)), [2, 3, 0, 1])  # [H', W', in, out]
+        gram = tf.matmul(transfer, transfer, adjoint_a=True)
+        largest = tf.reduce_max(tf.math.real(tf.linalg.eigvalsh(gram)[..., -1]))
+        return tf.cast(tf.sqrt(tf.maximum(largest, tf.constant(1e-30, wide))), v.dtype)
+
     def weight(self, b):
-        """`W_b`, scaled so that the convolution's norm is at most `max_norm`."""
+        """`W_b = V_b min(1, max_norm / rho_b)`: the convolution's norm is at most `max_norm`."""
         v = tf.convert_to_tensor(self.V[b])
-        kh, kw = self.kernel_size
-        bound = self.max_norm / (math.sqrt(kh * kw) * tf.norm(v) + 1e-30)
-        return v * tf.minimum(tf.constant(1.0, v.dtype), bound)
+        return v * tf.minimum(tf.constant(1.0, v.dtype), self.max_norm / self.spectral_bound(b, v))
 
     def injection(self, x, b):
         """`U_b x_b` for the branch's pooled input."""
