@@ -334,10 +334,15 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return z0
 
     def _solve(self, inputs, z0, on_failure):
+        # A cell may compute tensors from its weights once per solve rather than at
+        # every iteration (`solve_constants()`, passed as `cell(z, x, constants)`);
+        # as arguments of the fixed point they receive their gradient.
+        constants = getattr(self.cell, "solve_constants", None)
+        args = (inputs,) if constants is None else (inputs, constants())
         return fixed_point(
             solvers_lib.Problem.of(self.cell),
             z0,
-            inputs,
+            *args,
             solver=self.solver,
             backward=self.backward,
             tol=self.tol,

@@ -176,10 +176,15 @@ class MultiBranchCell(keras.layers.Layer):
             return k
         return _upsample(k, self.patch_size)
 
-    def call(self, z, x):
+    def solve_constants(self):
+        """The bounded weights `(W_1, ..., W_B)`, computed once per solve (their
+        bound takes an FFT and an eigenvalue problem per frequency)."""
+        return tuple(self.weight(b) for b in range(len(self.scales)))
+
+    def call(self, z, x, weights=None):
+        weights = self.solve_constants() if weights is None else weights
         out = []
-        for b in range(len(self.scales)):
-            w = self.weight(b)
+        for b, w in enumerate(weights):
             r = tf.nn.conv2d(self.fuse(z, b), w, 1, "SAME") - self.injection(x, b)
             back = tf.nn.conv2d_transpose(self._kernel_weights(r, b) * r, w, tf.shape(z[b]), 1, "SAME")
             out.append(self.activation.prox(self.biases[b] + back, 1.0))
@@ -201,7 +206,7 @@ class MultiBranchCell(keras.layers.Layer):
                              "number as gamma. Received: an input whose patches are all zero or not finite")
         return self.gamma.assign(tf.where(current > 0, current, tf.cast(0.2 / smallest, current.dtype)))
 
-    def compute_output_shape(self, z_shape, x_shape=None):
+    def compute_output_shape(self, z_shape, x_shape=None, weights_shape=None):
         return z_shape
 
     def get_config(self):
