@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from keras_implicit import autodiff, backward, callbacks, config, layers, lipschitz, operators, prox, robustness, solvers
+from keras_implicit import (autodiff, backward, callbacks, config, jiio, layers, lipschitz, operators, prox,
+                            robustness, solvers)
 from keras_implicit.export import export_saved_model
 from keras_implicit.fixed_point import ConvergenceError, fixed_point
 from keras_implicit.info import CONVERGED, MAX_ITER_REACHED, NON_FINITE, SolverInfo
@@ -19,6 +20,7 @@ __all__ = [
     "config",
     "export_saved_model",
     "fixed_point",
+    "jiio",
     "layers",
     "lipschitz",
     "operators",

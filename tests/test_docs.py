@@ -22,6 +22,7 @@ MODULES = [
     "keras_implicit.layers.geq",
     "keras_implicit.layers.multibranch",
     "keras_implicit.config",
+    "keras_implicit.jiio",
 ]
 
 

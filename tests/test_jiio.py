@@ -1,0 +1,134 @@
+"""JIIO (Gurumurthy et al. 2021): the joint fixed point is a KKT point of
+min_x l(x, z) s.t. z = f(z, x); its multiplier is the implicit adjoint; it
+agrees with the nested projected-gradient baseline; clear errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_implicit import jiio
+from tests import checks
+
+N, D, B = 6, 3, 4  # state size, input size, batch
+
+
+def _linear_problem(seed=0, lam=0.3):
+    """f(z, x) = A z + B x + c with ||A||_2 = 0.6; l = 1/2 ||C z - y||^2 + lam/2 ||x||^2."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((N, N))
+    a *= 0.6 / np.linalg.norm(a, 2)
+    bm, c = rng.standard_normal((D, N)) / np.sqrt(N), rng.standard_normal(N)
+    cm = rng.standard_normal((N, 5)) / np.sqrt(N)  # the reduced problem's Hessian has eigenvalues 0.49 ... 6.0
+    y = rng.standard_normal((B, 5))
+    f = lambda z, x: z @ a.T + x @ bm + c  # noqa: E731  (row vectors: z A^T + x B)
+    loss = lambda x, z: 0.5 * tf.reduce_sum((z @ cm - y) ** 2, 1) + 0.5 * lam * tf.reduce_sum(x**2, 1)  # noqa: E731
+    # closed form: z(x) = (x B + c) (I - A^T)^{-1}; minimize over x
+    inv = np.linalg.inv(np.eye(N) - a.T)
+    m, d = bm @ inv @ cm, c @ inv @ cm  # z C = x M + d
+    x_star = np.linalg.solve(m @ m.T + lam * np.eye(D), ((y - d) @ m.T).T).T
+    z_star = (x_star @ bm + c) @ inv
+    mu_star = (z_star @ cm - y) @ cm.T @ np.linalg.inv(np.eye(N) - a)  # mu = dl/dz + A^T mu (row form)
+    return f, loss, x_star, z_star, mu_star
+
+
+def test_linear_quadratic_problem_reaches_the_closed_form_and_its_kkt_point():
+    f, loss, x_star, z_star, mu_star = _linear_problem()
+    x, z, mu, info = jiio.solve(f, loss, tf.zeros((B, N), tf.float64), tf.zeros((B, D), tf.float64), alpha_x=0.1,
+                                tol=1e-12, max_iter=400)
+    assert int(info.status) == 0
+    assert np.all(info.block_residuals.numpy() < 1e-6), info.block_residuals.numpy()
+    np.testing.assert_allclose(x.numpy(), x_star, atol=1e-8)
+    np.testing.assert_allclose(z.numpy(), z_star, atol=1e-8)
+    np.testing.assert_allclose(mu.numpy(), mu_star, atol=1e-8)
+    # the nested baseline reaches the same optimum, at a higher cost in cell evaluations
+    xn, zn, stats = jiio.nested_input_optimization(f, loss, tf.zeros((B, N), tf.float64),
+                                                   tf.zeros((B, D), tf.float64), alpha_x=0.15, steps=2000,
+                                                   x_tol=1e-9, tol=1e-12)
+    np.testing.assert_allclose(xn.numpy(), x_star, atol=1e-7)
+    assert stats["cell_evaluations"] > int(info.iterations)
+
+
+def _tanh_problem():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((N, N))
+    a *= 0.8 / np.linalg.norm(a, 2)
+    bm, target = rng.standard_normal((D, N)), 0.5 * np.tanh(rng.standard_normal((B, N)))
+    f = lambda z, x: tf.tanh(z @ a.T + x @ bm)  # noqa: E731
+    loss = lambda x, z: tf.reduce_sum((z - target) ** 2, 1) + 0.05 * tf.reduce_sum(x**2, 1)  # noqa: E731
+    return f, loss, a
+
+
+def test_nonlinear_kkt_residuals_vanish_and_mu_is_the_dense_adjoint():
+    f, loss, a = _tanh_problem()
+    x, z, mu, info = jiio.solve(f, loss, tf.zeros((B, N), tf.float64), tf.zeros((B, D), tf.float64), alpha_x=0.1,
+                                tol=1e-12, max_iter=500)
+    kkt = info.block_residuals.numpy()
+    assert kkt.shape == (B, 3) and np.all(kkt < 1e-6), kkt
+    np.testing.assert_allclose(jiio.kkt_residuals(f, loss, z, x, mu).numpy(), kkt, atol=1e-12)
+    # mu* = (I - J_z^T)^{-1} dl/dz at z*, from a dense Jacobian per sample
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        fz = f(z, x)
+        value = tf.reduce_sum(loss(x, z))
+    jac = tape.batch_jacobian(fz, z).numpy()
+    dl = tape.gradient(value, z).numpy()
+    for i in range(B):
+        np.testing.assert_allclose(mu.numpy()[i], np.linalg.solve(np.eye(N) - jac[i].T, dl[i]), atol=1e-9)
+    # x* is stationary for the reduced objective: its gradient through a fresh DEQ solve vanishes
+    xn, _, stats = jiio.nested_input_optimization(f, loss, z, x, alpha_x=0.1, steps=5, x_tol=1e-6, tol=1e-12)
+    assert stats["steps"] == 0 and float(tf.reduce_max(stats["gradient_mapping"])) < 1e-6
+
+
+def test_projected_and_normalized_steps_keep_the_norm_bound_and_agree_with_projected_gradient_descent():
+    f, loss, x_star, _, _ = _linear_problem()
+    ball = jiio.l2_ball(0.3)  # every sample's unconstrained optimum lies outside: the bound is active
+    assert np.all(np.linalg.norm(x_star, axis=1) > 1.0)
+    z0, x0 = tf.zeros((B, N), tf.float64), tf.zeros((B, D), tf.float64)
+    x, z, mu, info = jiio.solve(f, loss, z0, x0, alpha_x=0.1, projection=ball, tol=1e-12, max_iter=600)
+    assert np.all(info.block_residuals.numpy() < 1e-6), info.block_residuals.numpy()
+    np.testing.assert_allclose(np.linalg.norm(x.numpy(), axis=1), 0.3, rtol=1e-12)
+    # the authors' adversarial form: normalized steps, a smaller step after 100 iterations
+    xs, _, _, info_s = jiio.solve(f, loss, z0, x0, alpha_x=0.1, projection=ball, normalize_step=True,
+                                  switch=(100, 0.02), tol=1e-12, max_iter=600)
+    assert info_s.trace.shape == (600,) and np.all(info_s.block_residuals.numpy() < 1e-6)
+    np.testing.assert_allclose(xs.numpy(), x.numpy(), atol=1e-9)
+    xn, _, _ = jiio.nested_input_optimization(f, loss, z0, x0, alpha_x=0.15, steps=2000, x_tol=1e-9, tol=1e-12,
+                                              projection=ball)
+    np.testing.assert_allclose(xn.numpy(), x.numpy(), atol=1e-8)
+
+
+def test_a_stalled_solve_reports_max_iter_and_returns_its_best_iterate():
+    f, loss, _ = _tanh_problem()
+    with pytest.warns(UserWarning, match="JIIO solve: max_iter reached after 3 iterations"):
+        x, z, mu, info = jiio.solve(f, loss, tf.zeros((B, N), tf.float64), tf.zeros((B, D), tf.float64),
+                                    solver="fixed_point", tol=1e-12, max_iter=3)
+    assert int(info.status) == 1 and int(info.iterations) == 3
+    assert np.all(np.isfinite(x.numpy())) and np.all(info.residual.numpy() > 1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha_x": -0.1}, "alpha_x=-0.1"),
+    ({"alpha_z": 0}, "alpha_z=0"),
+    ({"alpha_mu": 1.5}, "alpha_mu=1.5"),
+    ({"switch": (0, 0.1)}, r"switch=\(0, 0.1\)"),
+    ({"loss": lambda x, z: tf.reduce_sum(z)}, r"shape \[batch\]. Received: a loss of shape \(\)"),
+    ({"projection": lambda x: x[:, :1]}, r"`projection` must return x's shape. Received"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    f, loss, _ = _tanh_problem()
+    args = {"loss": loss, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        jiio.solve(f, args.pop("loss"), tf.zeros((B, N), tf.float64), tf.zeros((B, D), tf.float64), **args)
+
+
+@pytest.mark.xla
+def test_the_joint_solve_compiles_with_xla_in_a_graph_and_matches_eager():
+    f, loss, _ = _tanh_problem()
+    z0, x0 = tf.zeros((B, N), tf.float64), tf.zeros((B, D), tf.float64)
+    eager = jiio.solve(f, loss, z0, x0, tol=1e-12, max_iter=300)
+    graph = tf.function(lambda z, x: jiio.solve(f, loss, z, x, tol=1e-12, max_iter=300))
+    compiled = graph(z0, x0)
+    assert checks.xla_functions(graph.get_concrete_function(z0, x0))  # the loop runs as an XLA function
+    for a, b in zip(eager[:3], compiled[:3]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
+    assert int(compiled[3].status) == 0
