@@ -23,6 +23,7 @@ MODULES = [
     "keras_implicit.layers.multibranch",
     "keras_implicit.config",
     "keras_implicit.jiio",
+    "keras_implicit.layers.input_optimization",
 ]
 
 

@@ -2,11 +2,13 @@
 min_x l(x, z) s.t. z = f(z, x); its multiplier is the implicit adjoint; it
 agrees with the nested projected-gradient baseline; clear errors."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_implicit import jiio
+from keras_implicit.layers import DenseCell, InputOptimization
 from tests import checks
 
 N, D, B = 6, 3, 4  # state size, input size, batch
@@ -132,3 +134,70 @@ def test_the_joint_solve_compiles_with_xla_in_a_graph_and_matches_eager():
     for a, b in zip(eager[:3], compiled[:3]):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
     assert int(compiled[3].status) == 0
+
+
+class LinearCell(keras.layers.Layer):
+    """`z A^T + x B + c` with `A, B, c` weights (state size N)."""
+
+    state_size = N
+
+    def build(self, z_shape, x_shape=None):
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((N, N))
+        self.a = self.add_weight(shape=(N, N), initializer=keras.initializers.Constant(0.6 * a / np.linalg.norm(a, 2)))
+        self.b = self.add_weight(shape=(D, N), initializer=keras.initializers.Constant(
+            rng.standard_normal((D, N)) / np.sqrt(N)))
+        self.c = self.add_weight(shape=(N,), initializer=keras.initializers.Constant(rng.standard_normal(N)))
+
+    def call(self, z, x):
+        return tf.matmul(z, self.a, transpose_b=True) + tf.matmul(x, self.b) + self.c
+
+
+def test_the_layer_returns_the_joint_optimum_and_the_exact_gradient_of_the_optimal_loss():
+    """Envelope theorem: d/dtheta min_x l(x, z(x; theta)) is the gradient through z* at a fixed x*."""
+    lam, rng = 0.3, np.random.default_rng(3)
+    cm, y = rng.standard_normal((N, 5)) / np.sqrt(N), rng.standard_normal((B, 5))
+
+    def loss(x, z, target):
+        return 0.5 * tf.reduce_sum((z @ cm - target) ** 2, 1) + 0.5 * lam * tf.reduce_sum(x**2, 1)
+
+    layer = InputOptimization(LinearCell(dtype="float64"), loss, alpha_x=0.1, tol=1e-12, max_iter=400,
+                              dtype="float64")
+    x0 = tf.zeros((B, D), tf.float64)
+    with tf.GradientTape() as tape:
+        x, z = layer((x0, y))
+        value = tf.reduce_sum(loss(x, z, y))
+    grads = tape.gradient(value, layer.trainable_variables)
+    cell = layer.cell
+
+    def optimal_value():  # closed form of min_x l(x, z(x)) at the cell's current weights
+        a, bm, c = cell.a.numpy(), cell.b.numpy(), cell.c.numpy()
+        inv = np.linalg.inv(np.eye(N) - a.T)
+        m, d = bm @ inv @ cm, c @ inv @ cm
+        xs = np.linalg.solve(m @ m.T + lam * np.eye(D), ((y - d) @ m.T).T).T
+        return float(tf.reduce_sum(loss(xs, (xs @ bm + c) @ inv, y))), xs
+
+    best, x_star = optimal_value()
+    np.testing.assert_allclose(x.numpy(), x_star, atol=1e-8)
+    np.testing.assert_allclose(float(value), best, rtol=1e-12)
+    checks.check_variables_fd(layer.trainable_variables, grads, lambda: optimal_value()[0], rng)
+    # the solver's cost is logged as for every equilibrium layer
+    assert float(layer.fwd_iters_metric.result()) > 1
+
+
+def test_the_layer_round_trips_its_config_and_reports_a_stalled_solve():
+    layer = InputOptimization(DenseCell(4), _sq_loss, projection=None, alpha_x=0.2, switch=(5, 0.05), max_iter=3,
+                              solver="fixed_point", tol=1e-12)
+    with pytest.warns(UserWarning, match="JIIO solve: max_iter reached after 3 iterations"):
+        x, z = layer((np.zeros((2, 3), "float32"), np.ones((2, 4), "float32")))
+    clone = InputOptimization.from_config(layer.get_config())
+    assert clone.alpha_x == 0.2 and clone.switch == (5, 0.05) and clone.loss is _sq_loss
+    with pytest.raises(ValueError, match=r"called on a pair \(x0, target\)"):
+        InputOptimization(DenseCell(4), _sq_loss)(np.zeros((2, 3), "float32"))
+    with pytest.raises(ValueError, match="Received: loss=3"):
+        InputOptimization(DenseCell(4), 3)
+
+
+@keras.saving.register_keras_serializable(package="test_jiio")
+def _sq_loss(x, z, target):
+    return tf.reduce_sum((z - target) ** 2, 1)

@@ -11,6 +11,7 @@ from keras_implicit.layers.fpi_models import (
     FPINetworkCell,
     ReLUEnergy,
 )
+from keras_implicit.layers.input_optimization import InputOptimization
 from keras_implicit.layers.lipschitz import LipschitzCell, LipschitzConv2D, LipschitzConvCell, LipschitzDense
 from keras_implicit.layers.monotone import (
     MonotoneCell,
@@ -36,6 +37,7 @@ __all__ = [
     "ForwardFPI",
     "GaussianEquilibrium",
     "GaussianEquilibriumCell",
+    "InputOptimization",
     "LipschitzCell",
     "LipschitzConv2D",
     "LipschitzConvCell",
