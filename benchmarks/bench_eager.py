@@ -18,7 +18,6 @@ Run: python benchmarks/bench_eager.py [--repeats 15]
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,9 +29,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_implicit as ki  # noqa: E402
+from results_io import save  # noqa: E402
 
 BATCH, FEATURES, WIDTH = 32, 64, 64
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make(kind, **kwargs):
@@ -110,13 +109,7 @@ def main():
             f"| {r['op_by_op_ms']:.1f} | {r['op_by_op_over_compiled']:.1f} | {r['eager_grad_ms']:.2f} "
             f"| {r['compiled_grad_ms']:.2f} | {r['eager_grad_over_compiled']:.2f} | {r['traces_10_batch_sizes']} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "bench_eager.txt"), "w") as fh:
-        fh.write(text + "\n")
-    with open(os.path.join(HERE, "results", "bench_eager.json"), "w") as fh:
-        json.dump(rows, fh, indent=2)
+    save("bench_eager", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Run: python benchmarks/bench_jiio.py [--repeats 3] [--tol 1e-8]
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,8 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_implicit import jiio  # noqa: E402
+from results_io import save  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def linear_quadratic():
@@ -107,13 +106,7 @@ def main():
             f"{r['nested_evaluations'] / r['jiio_evaluations']:.1f} | {r['jiio_s']:.3f} | {r['nested_s']:.3f} | "
             f"{r['nested_s'] / r['jiio_s']:.1f} | {r['jiio_objective']:.9g} / {r['nested_objective']:.9g} | "
             f"{r['max_x_difference']:.1e} |")
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "bench_jiio.txt"), "w") as fh:
-        fh.write(text + "\n")
-    with open(os.path.join(HERE, "results", "bench_jiio.json"), "w") as fh:
-        json.dump({"tol": args.tol, "repeats": args.repeats, "rows": rows}, fh, indent=2)
+    save("bench_jiio", "\n".join(lines), {"tol": args.tol, "repeats": args.repeats, "rows": rows})
 
 
 if __name__ == "__main__":
