@@ -29,6 +29,9 @@ class InputOptimization(ForwardFPI):
     weights (the envelope theorem: `d/dtheta min_x loss = (d_theta cell)^T
     mu*`, `x*` being stationary); for another training loss (e.g. the clean
     loss of adversarial training) it is Danskin's rule, as the authors train.
+    The adjoint is solved from `dL/dz*`, not warm-started from `mu*`: a Keras
+    training loss is usually a batch mean, whose adjoint is `mu* / batch`
+    only when it is the inner loss itself.
 
     Args:
         cell: a fixed-point cell `cell(z, x)` (as `ForwardFPI`'s).
