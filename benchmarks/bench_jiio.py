@@ -41,7 +41,8 @@ def linear_quadratic():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n))
     a *= 0.6 / np.linalg.norm(a, 2)
-    bm, c, cm = rng.standard_normal((d, n)) / np.sqrt(n), rng.standard_normal(n), rng.standard_normal((n, 5)) / np.sqrt(n)
+    bm, c = rng.standard_normal((d, n)) / np.sqrt(n), rng.standard_normal(n)
+    cm = rng.standard_normal((n, 5)) / np.sqrt(n)
     y = rng.standard_normal((batch, 5))
     f = lambda z, x: z @ a.T + x @ bm + c  # noqa: E731
     loss = lambda x, z: 0.5 * tf.reduce_sum((z @ cm - y) ** 2, 1) + 0.5 * lam * tf.reduce_sum(x**2, 1)  # noqa: E731

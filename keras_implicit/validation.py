@@ -6,13 +6,15 @@ ending with `Received: name=value`.
 
 import numbers
 
+import numpy as np
+
 
 def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_int(value):  # numpy integers too (np.int64(5) is a numbers.Integral)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def integer(value, name, minimum=1, maximum=None, odd=False):
@@ -23,7 +25,7 @@ def integer(value, name, minimum=1, maximum=None, odd=False):
             f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]")
         what += " and odd" if odd else ""
         raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
-    return value
+    return int(value)
 
 
 def integers(values, name):

@@ -180,6 +180,11 @@ class _SolveSettings:
 
     def _set_solve_settings(self, cell, solver, tol, max_iter, stop_mode, return_info, on_failure):
         self.cell = _resolve_cell(cell)
+        # An unbuilt cell with the default policy follows the layer's dtype
+        # (`ForwardFPI(DenseCell(5), dtype="float64")`).
+        default = keras.config.dtype_policy().name
+        if not self.cell.built and self.cell.dtype_policy.name == default and self.dtype_policy.name != default:
+            self.cell.dtype_policy = self.dtype_policy
         self.state_shape = _state_shape(self.cell)
         self.solver = solvers_lib.get(solver)
         check_tol_and_max_iter(tol, max_iter, stop_mode)

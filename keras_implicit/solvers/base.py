@@ -149,7 +149,10 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     max_iter = int(max_iter)
     # The loop compares squared quantities ("rel_sq" is squared already).
     squared = stop_mode != "rel_sq"
-    tol_sq = tf.constant(float(tol) ** 2 if squared else float(tol), dtype)
+    # (capped at the dtype's largest value: a tol whose square overflows must not
+    # accept an infinite residual)
+    largest = float(np.finfo(dtype.as_numpy_dtype).max)
+    tol_sq = tf.constant(min(float(tol) ** 2 if squared else float(tol), largest), dtype)
     # Per-block squared residuals: tracked apart only when they differ from
     # the stopping residual (several blocks, or a relative stop mode).
     blocks = F.block_sizes

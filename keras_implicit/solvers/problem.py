@@ -66,10 +66,27 @@ class Packer:
         batch = tf.shape(flat)[0]
         parts = tf.split(flat, self.sizes, axis=1) if len(self.sizes) > 1 else [flat]
         leaves = [
-            tf.reshape(p, tf.concat([[batch], s.as_list()], axis=0))
+            # int32 inner shape: an empty one (a [batch] leaf) would convert to float32
+            tf.reshape(p, tf.concat([[batch], tf.constant(s.as_list(), tf.int32)], axis=0))
             for p, s in zip(parts, self.shapes)
         ]
         return tf.nest.pack_sequence_as(self.template, leaves)
+
+    def check(self, nested, what="The fixed-point map"):
+        """Raises unless `nested` has the state's structure and shapes (as far as
+        they are known statically): a map that returns a broadcastable shape
+        would otherwise be iterated by broadcasting."""
+        try:
+            tf.nest.assert_same_structure(nested, self.template, check_types=False)
+        except (ValueError, TypeError):
+            raise ValueError(f"{what} must return the state's structure. Received: "
+                             f"{tf.nest.map_structure(lambda t: tuple(t.shape), nested)!r} for a state "
+                             f"{tf.nest.map_structure(lambda t: tuple(t.shape), self.template)!r}") from None
+        for leaf, shape in zip(tf.nest.flatten(nested), self.shapes):
+            inner = tf.TensorShape(leaf.shape)[1:]
+            if not inner.is_compatible_with(shape):
+                raise ValueError(f"{what} must return the state's shape [batch, {', '.join(map(str, shape))}]. "
+                                 f"Received: a tensor of shape {tuple(leaf.shape)}")
 
 
 class MapForm:
@@ -84,7 +101,9 @@ class MapForm:
         self.block_sizes = self.packer.sizes
 
     def __call__(self, z_flat):
-        return self.packer.pack(self._fn(self.packer.unpack(z_flat)))
+        out = self._fn(self.packer.unpack(z_flat))
+        self.packer.check(out)
+        return self.packer.pack(out)
 
     def start(self, z0):
         return self.packer.pack(z0)

@@ -1,0 +1,68 @@
+"""What an adversarial user tried (issue "Never silent, never wrong"): each case
+failed on an earlier main and must keep passing."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+
+SOLVERS = ["fixed_point", "anderson", "broyden", "halpern"]
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_map_that_returns_a_broadcastable_shape_is_refused_by_every_solver(solver):
+    # Anderson and Broyden used to broadcast [4, 1] against the [4, 8] state and report CONVERGED
+    def f(z, x):
+        return 0.5 * tf.reduce_mean(z, 1, keepdims=True) + x[:, :1]
+
+    with pytest.raises(ValueError, match=r"must return the state's shape \[batch, 8\]. Received: a tensor "
+                                         r"of shape \(4, 1\)"):
+        ki.fixed_point(f, tf.zeros([4, 8]), tf.ones([4, 8]), solver=solver)
+
+
+@pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.xla), False])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_one_scalar_per_sample_is_a_valid_state_in_graph_mode(solver, jit):
+    # a [batch] state (the single-index DEQ's) used to fail inside tf.function (ConcatV2 int32/float32)
+    tol = 1e-2 if solver == "halpern" else 1e-10  # Halpern converges at O(1/k)
+    fn = tf.function(lambda: ki.fixed_point(lambda z: 0.5 * z + 0.5, tf.zeros([3], tf.float64), solver=solver,
+                                            tol=tol, max_iter=200, jit_loop=jit))
+    z, info = fn()
+    assert z.shape == (3,) and int(info.status) == 0
+    np.testing.assert_allclose(z.numpy(), 1.0, atol=2 * tol)
+    nested = tf.function(lambda: ki.fixed_point(lambda s: (0.5 * s[0] + 0.5, 0.25 * s[1]),
+                                                (tf.zeros([3], tf.float64), tf.ones([3, 2], tf.float64)),
+                                                solver=solver, tol=tol, max_iter=200, jit_loop=jit))
+    (a, b), info = nested()
+    assert int(info.status) == 0
+    np.testing.assert_allclose(a.numpy(), 1.0, atol=2 * tol)
+    np.testing.assert_allclose(b.numpy(), 0.0, atol=2 * tol)
+
+
+def test_a_cell_follows_the_dtype_of_its_layer():
+    layer = ki.layers.ForwardFPI(ki.layers.DenseCell(5), dtype="float64")
+    out = layer(np.ones((2, 3)))
+    assert out.dtype == tf.float64 and all(v.dtype == "float64" for v in layer.cell.weights)
+    given = ki.layers.ForwardFPI(ki.layers.DenseCell(5, dtype="float64"))  # a cell's own policy stays
+    assert given.cell.dtype_policy.name == "float64"
+
+
+def test_numpy_scalars_are_accepted_as_tol_and_max_iter():
+    z, info = ki.fixed_point(lambda z: 0.5 * z + 1.0, tf.zeros([2, 1]), tol=np.float32(1e-3), max_iter=np.int64(50))
+    assert int(info.status) == 0
+    layer = ki.layers.ForwardFPI(ki.layers.DenseCell(3), tol=np.float64(1e-4), max_iter=np.int32(40))
+    assert layer.max_iter == 40 and isinstance(layer.max_iter, int)
+    with pytest.raises(ValueError, match=r"Received: max_iter=np.True_|Received: max_iter=True"):
+        ki.fixed_point(lambda z: z, tf.zeros([2, 1]), max_iter=np.bool_(True))
+
+
+def test_a_tolerance_whose_square_overflows_never_accepts_an_infinite_residual():
+    # float32: tol**2 = 1e60 was inf, and an infinite residual compared <= inf
+    z, info = ki.fixed_point(lambda z: 1e20 * (z + 1.0), tf.zeros([2, 1]), tol=1e30, max_iter=5,
+                             on_failure="ignore")
+    residual = info.residual.numpy()
+    assert not np.any(info.converged.numpy() & ~np.isfinite(residual)), residual
+    assert np.all(residual[info.converged.numpy()] <= 1e30)
+    z, info = ki.fixed_point(lambda z: 0.5 * z + 1.0, tf.zeros([2, 1]), tol=1e30)
+    assert int(info.status) == 0 and np.all(np.isfinite(info.residual.numpy()))
