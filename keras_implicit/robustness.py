@@ -42,15 +42,17 @@ def certified_accuracy(model, x, y, eps, lipschitz, batch_size=256):
     Returns:
         A float, or an array with one entry per `eps`.
     """
+    eps_arr = np.atleast_1d(np.asarray(eps, np.float64))
+    if not np.all(eps_arr >= 0):  # NaN too
+        raise ValueError(f"`eps` must be >= 0. Received: eps={eps!r}")
+    if len(x) == 0:
+        raise ValueError(f"`x` must hold at least one sample. Received: x.shape={tuple(np.shape(x))}")
     logits = _predict(model, x, batch_size)
     y = np.asarray(y).reshape(-1)
     if y.shape[0] != logits.shape[0]:
         raise ValueError(f"`x` and `y` must have the same length. Received: {logits.shape[0]} and {y.shape[0]}")
     radius = certified_radius(logits, lipschitz)
     correct = np.argmax(logits, axis=1) == y
-    eps_arr = np.atleast_1d(np.asarray(eps, np.float64))
-    if np.any(eps_arr < 0):
-        raise ValueError(f"`eps` must be >= 0. Received: eps={eps!r}")
     acc = np.array([np.mean(correct & (radius > e)) for e in eps_arr])
     return float(acc[0]) if np.ndim(eps) == 0 else acc
 

@@ -66,3 +66,18 @@ def test_a_tolerance_whose_square_overflows_never_accepts_an_infinite_residual()
     assert np.all(residual[info.converged.numpy()] <= 1e30)
     z, info = ki.fixed_point(lambda z: 0.5 * z + 1.0, tf.zeros([2, 1]), tol=1e30)
     assert int(info.status) == 0 and np.all(np.isfinite(info.residual.numpy()))
+
+
+def test_certified_accuracy_refuses_a_nan_radius_and_an_empty_set():
+    import keras
+
+    from keras_implicit.robustness import certified_accuracy
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x, y = np.ones((4, 3), "float32"), np.zeros(4, int)
+    with pytest.raises(ValueError, match=r"`eps` must be >= 0. Received: eps=\[nan\]"):
+        certified_accuracy(model, x, y, [float("nan")], 1.0)  # returned 0.0
+    with pytest.raises(ValueError, match=r"at least one sample. Received: x.shape=\(0, 3\)"):
+        certified_accuracy(model, x[:0], y[:0], [0.1], 1.0)  # failed inside numpy
+    assert 0.0 <= certified_accuracy(model, x, y, 0.1, 1.0) <= 1.0
