@@ -27,9 +27,11 @@ class SolverInfo(NamedTuple):
         residual: float, shape `[batch]`, the residual of the returned iterate of
             each sample (absolute or relative according to `stop_mode`).
         converged: bool, shape `[batch]`, whether each sample met `tol`.
-        trace: float, shape `[max_iter]`, the largest finite residual over the
-            batch at each iteration; entries after `iterations` repeat the last
-            value.
+        trace: float, shape `[min(max_iter, 10000)]`, the largest finite
+            residual over the batch at each of the first iterations; entries
+            after `iterations` repeat the last recorded value (the trace's
+            size does not grow with `max_iter` beyond 10,000:
+            `solvers.base.TRACE_LENGTH`).
         status: int32 scalar, `CONVERGED` (0) when every sample converged,
             `NON_FINITE` (2) when any sample produced NaN/Inf, otherwise
             `MAX_ITER_REACHED` (1).

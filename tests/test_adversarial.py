@@ -81,3 +81,25 @@ def test_certified_accuracy_refuses_a_nan_radius_and_an_empty_set():
     with pytest.raises(ValueError, match=r"at least one sample. Received: x.shape=\(0, 3\)"):
         certified_accuracy(model, x[:0], y[:0], [0.1], 1.0)  # failed inside numpy
     assert 0.0 <= certified_accuracy(model, x, y, 0.1, 1.0) <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", pytest.param("xla", marks=pytest.mark.xla)])
+def test_the_trace_is_bounded_whatever_max_iter(mode, monkeypatch):
+    # the trace was sized by max_iter: 1.77 GB for a 5-iteration graph solve at max_iter 1e8,
+    # and an eager solve's time grew with max_iter
+    from keras_implicit.solvers import base
+
+    def solve(max_iter, rate):
+        return ki.fixed_point(lambda z, x: rate * z + x, tf.zeros([2, 3], tf.float64), tf.ones([2, 3], tf.float64),
+                              max_iter=max_iter, tol=1e-10, solver="fixed_point", on_failure="ignore",
+                              jit_loop=mode == "xla")
+
+    run = solve if mode == "eager" else tf.function(solve, reduce_retracing=False)
+    _, info = run(10**8, 0.5)
+    assert info.trace.shape == (base.TRACE_LENGTH,) and int(info.status) == 0
+    monkeypatch.setattr(base, "TRACE_LENGTH", 50)
+    _, info = run(200, 0.9)  # about 230 iterations to 1e-10: longer than the trace
+    trace = info.trace.numpy()
+    assert trace.shape == (50,) and int(info.iterations) == 200
+    np.testing.assert_allclose(trace[:3], np.sqrt(3) * np.array([1.0, 0.9, 0.81]), rtol=1e-12)  # the first ones
+    assert np.all(np.diff(trace) < 0)

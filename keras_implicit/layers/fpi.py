@@ -9,7 +9,7 @@ from keras_implicit import solvers as solvers_lib
 from keras_implicit.solvers.spec import SolveSpec
 from keras_implicit.fixed_point import check_on_failure, fixed_point, report_failure
 from keras_implicit.info import SolverInfo
-from keras_implicit.solvers.base import check_tol_and_max_iter
+from keras_implicit.solvers.base import TRACE_LENGTH, check_tol_and_max_iter
 
 
 def _is_shape(size):
@@ -109,7 +109,7 @@ def _info_spec(batch, max_iter, dtype, blocks=1):
         iterations=keras.KerasTensor((), dtype="int32"),
         residual=keras.KerasTensor((batch,), dtype=dtype),
         converged=keras.KerasTensor((batch,), dtype="bool"),
-        trace=keras.KerasTensor((max_iter,), dtype=dtype),
+        trace=keras.KerasTensor((min(max_iter, TRACE_LENGTH),), dtype=dtype),
         status=keras.KerasTensor((), dtype="int32"),
         block_residuals=keras.KerasTensor((batch, blocks), dtype=dtype),
     )

@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - private TensorFlow API moved
 STOP_MODES = ("abs", "rel", "rel_sq")
 # Guards the relative residual ||diff|| / (||ref|| + eps) against ref = 0.
 REL_EPS = 1e-6
+# `SolverInfo.trace` records at most this many iterations (the first ones).
+TRACE_LENGTH = 10_000
 
 
 class Solver(Configurable):
@@ -202,7 +204,11 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
         if track_blocks:
             best_blocks = tf.where(better, stop(block_sq(diff)), best_blocks)
         ok = ok & (finite | done)
-        trace = trace.write(k, tf.reduce_max(tf.where(finite, res, tf.zeros_like(res))))
+        worst = tf.reduce_max(tf.where(finite, res, tf.zeros_like(res)))
+        if bounded_writes:  # past the trace's length nothing is recorded
+            trace = tf.cond(k < trace_length, lambda: trace.write(k, worst), lambda: trace)
+        else:
+            trace = trace.write(k, worst)
         return k + 1, z_next, state, best_z, best_res, best_blocks, ok, trace
 
     loop_vars = (
@@ -216,8 +222,16 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
         tf.ones(tf.stack([batch, 1]), tf.bool),
     )
 
+    # The trace holds the first `TRACE_LENGTH` iterations, so that memory and time do
+    # not grow with `max_iter`; eagerly it grows with the iterations run (an eager
+    # TensorArray of fixed size creates every unwritten entry when stacked).
+    trace_length = min(max_iter, TRACE_LENGTH)
+    eager = tf.executing_eagerly()
+    bounded_writes = not eager and max_iter > trace_length
+
     def run_loop(*flat_vars):
-        trace = tf.TensorArray(dtype, size=max_iter, element_shape=[])
+        trace = (tf.TensorArray(dtype, size=0, dynamic_size=True, element_shape=[]) if tf.executing_eagerly()
+                 else tf.TensorArray(dtype, size=trace_length, element_shape=[]))
         out = tf.while_loop(
             cond,
             body,
@@ -250,9 +264,13 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     # Unwritten entries of the trace read as zero; pad after the last
     # iteration with its last value.
     trace = tf.sqrt(trace) if squared else trace
-    idx = tf.range(max_iter)
-    last = tf.gather(trace, tf.maximum(k - 1, 0))
-    trace = tf.where(idx < k, trace, last)
+    recorded = tf.minimum(k, trace_length)
+    last = tf.gather(trace, tf.maximum(recorded - 1, 0))
+    if eager:  # as many entries as iterations run
+        trace = trace[:trace_length]
+        trace = tf.concat([trace, tf.fill([trace_length - tf.shape(trace)[0]], last)], axis=0)
+    else:
+        trace = tf.where(tf.range(trace_length) < recorded, trace, last)
     info = info_lib.SolverInfo(
         iterations=k,
         residual=tf.stop_gradient(best_res),
