@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_implicit as ki
+from tests import checks
 
 SOLVERS = ["fixed_point", "anderson", "broyden", "halpern"]
 
@@ -103,3 +104,28 @@ def test_the_trace_is_bounded_whatever_max_iter(mode, monkeypatch):
     assert trace.shape == (50,) and int(info.iterations) == 200
     np.testing.assert_allclose(trace[:3], np.sqrt(3) * np.array([1.0, 0.9, 0.81]), rtol=1e-12)  # the first ones
     assert np.all(np.diff(trace) < 0)
+
+
+@pytest.mark.xla
+def test_a_loop_that_xla_would_change_runs_uncompiled_and_as_written(capfd):
+    # tf.print and tf.numpy_function failed with an XLA error that never named jit_loop;
+    # a failing tf.debugging assertion was compiled away in silence
+    def printing(z):
+        tf.print("iterating")
+        return 0.5 * z + 1.0
+
+    def python(z):
+        return tf.ensure_shape(tf.numpy_function(lambda a: 0.5 * a + np.float32(1), [z], tf.float32), z.shape)
+
+    def asserting(z):
+        tf.debugging.assert_less(z, 1.5, message="z out of range")
+        return 0.5 * z + 1.0
+
+    for f in (printing, python):
+        z, info = tf.function(lambda: ki.fixed_point(f, tf.zeros([2, 3]), tol=1e-6))()
+        assert int(info.status) == 0 and np.allclose(z.numpy(), 2.0, atol=1e-5)
+    assert "iterating" in capfd.readouterr().err
+    with pytest.raises(tf.errors.InvalidArgumentError, match="z out of range"):
+        tf.function(lambda: ki.fixed_point(asserting, tf.zeros([2, 3]))[0])()
+    plain = tf.function(lambda: ki.fixed_point(lambda z: 0.5 * z + 1.0, tf.zeros([2, 3]))[0])  # still compiles
+    assert checks.xla_functions(plain.get_concrete_function())

@@ -62,6 +62,20 @@ class Solver(Configurable):
 
 
 
+# Ops that XLA cannot compile (printing, Python functions) or compiles away
+# (assertions): a loop holding one runs uncompiled, as written.
+_NOT_FOR_XLA = frozenset({"Assert", "Print", "PrintV2", "PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def _xla_changes_meaning(concrete):
+    """Whether the loop's graph (its body and condition included) holds an op of `_NOT_FOR_XLA`."""
+    graph = concrete.graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops.update(node.op for node in function.node_def)
+    return not ops.isdisjoint(_NOT_FOR_XLA)
+
+
 def check_tol_and_max_iter(tol, max_iter, stop_mode):
     """Validates the stopping settings (construction-time errors, Keras style)."""
     validation.number(tol, "tol")
@@ -242,10 +256,12 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
         return tf.nest.flatten(out[:-1]) + [out[-1].stack()]
 
     flat_vars = tf.nest.flatten(loop_vars)
+    compiled = None
     if jit_loop and solver.compile_loop and config.jit_loops_enabled() and not tf.executing_eagerly():
-        out = tf.function(run_loop, jit_compile=True, autograph=False)(*flat_vars)
-    else:
-        out = run_loop(*flat_vars)
+        compiled = tf.function(run_loop, jit_compile=True, autograph=False)
+        if _xla_changes_meaning(compiled.get_concrete_function(*flat_vars)):
+            compiled = None  # the same trace is reused below when the loop compiles
+    out = compiled(*flat_vars) if compiled is not None else run_loop(*flat_vars)
     k, _, _, best_z, best_res, best_blocks, ok = tf.nest.pack_sequence_as(loop_vars, list(out[:-1]))
     trace = out[-1]
     # Converged by the loop's own test (before the square root, which could
