@@ -200,7 +200,7 @@ def solve(f, loss, z0, x0, mu0=None, alpha_z=0.8, alpha_mu=0.6, alpha_x=0.1, swi
             z, x, mu = state
             fz, _, gz, gx = terms(z, x, mu)
             if normalize_step:
-                gx = _per_sample_scale(gx, 1.0 / tf.maximum(_flat_norm(gx), tf.constant(1e-30, _dtype(gx))))
+                gx = _normalized(gx)
             z_new = tf.nest.map_structure(lambda a, b: a + alpha_z * (b - a), z, fz)
             mu_new = tf.nest.map_structure(lambda a, b: a + alpha_mu * (b - a), mu, gz)
             x_new = terms.project(tf.nest.map_structure(lambda a, g: a - alpha * g, x, gx))
@@ -225,8 +225,10 @@ def solve(f, loss, z0, x0, mu0=None, alpha_z=0.8, alpha_mu=0.6, alpha_x=0.1, swi
     return x, z, mu, info
 
 
-def _dtype(nested):
-    return tf.nest.flatten(nested)[0].dtype
+def _normalized(g):
+    """`g / ||g||` per sample (0 where `g` is 0)."""
+    norm = _flat_norm(g)
+    return _per_sample_scale(g, 1.0 / tf.maximum(norm, tf.constant(1e-30, norm.dtype)))
 
 
 def kkt_residuals(f, loss, z, x, mu, alpha_x=1.0, projection=None):
@@ -281,7 +283,7 @@ def nested_input_optimization(f, loss, z0, x0, alpha_x=0.1, steps=100, projectio
         if taken == steps or float(tf.reduce_max(mapping)) <= x_tol:
             break
         if normalize_step:
-            g = _per_sample_scale(g, 1.0 / tf.maximum(_flat_norm(g), tf.constant(1e-30, _dtype(g))))
+            g = _normalized(g)
         x = terms.project(tf.nest.map_structure(lambda a, s: a - alpha_x * s, x, g))
         taken += 1
     return x, z, {"steps": taken, "cell_evaluations": evaluations, "gradient_mapping": mapping}
