@@ -130,9 +130,11 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
             Choi's rule `||f(z) - z||^2 / (1e-6 + ||z||^2)` (squared change
             relative to the current iterate; `tol` applies to that squared
             ratio), per sample.
-        jit_loop: in graph mode, compile the loop with XLA (as a nested
-            `tf.function(jit_compile=True)`) even when the surrounding graph
-            is not, for solvers whose `compile_loop` is True. XLA fuses the
+        jit_loop: in graph mode and for a known batch size, compile the loop
+            with XLA (as a nested `tf.function(jit_compile=True)`) even when
+            the surrounding graph is not, for solvers whose `compile_loop` is
+            True (with an unknown batch size, as in a serving signature, every
+            new size would be compiled anew: such loops run uncompiled). XLA fuses the
             solvers' many small per-iteration ops (3-4x faster Anderson and
             Broyden iterations on CPU); `keras_implicit.config.set_jit_loops`
             turns it off for the whole process. Only for loops that are not
@@ -257,7 +259,12 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
 
     flat_vars = tf.nest.flatten(loop_vars)
     compiled = None
-    if jit_loop and solver.compile_loop and config.jit_loops_enabled() and not tf.executing_eagerly():
+    # XLA compiles a loop per shape: with an unknown batch size (a serving
+    # signature, an eager cache relaxed to any batch) every new size would pay a
+    # compilation, so such loops run uncompiled.
+    static_batch = z0_flat.shape[0] is not None
+    if (jit_loop and static_batch and solver.compile_loop and config.jit_loops_enabled()
+            and not tf.executing_eagerly()):
         compiled = tf.function(run_loop, jit_compile=True, autograph=False)
         if _xla_changes_meaning(compiled.get_concrete_function(*flat_vars)):
             compiled = None  # the same trace is reused below when the loop compiles
