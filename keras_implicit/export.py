@@ -59,7 +59,8 @@ def _forward_endpoint(layer):
     def forward(x):
         z, info = layer.solve(x)
         out = _named("z_star", z)
-        out.update(iterations=info.iterations, residual=info.residual,
+        # `converged` per sample: a server can reject what did not (a NaN input, a stall)
+        out.update(iterations=info.iterations, residual=info.residual, converged=info.converged,
                    block_residuals=info.block_residuals)
         return out
 
@@ -114,7 +115,8 @@ def export_saved_model(model, path, verbose=False, overwrite=False):
 
     * `serve` (also `serving_default`): the model's forward pass.
     * `<layer>_forward` for every `ForwardFPI`: the layer's input ->
-      `z_star`, `iterations`, `residual`, `block_residuals`.
+      `z_star`, `iterations`, `residual`, `converged` (per sample),
+      `block_residuals`.
     * `<layer>_backward` for every FPI layer: `(x, z_star, dz)` ->
       `adjoint` (c solving `c = (d cell/dz)^T c + dz`), `input_gradient`
       (`(d cell/dx)^T c`), `iterations`.

@@ -119,3 +119,8 @@ def test_an_unknown_batch_size_runs_the_loop_uncompiled_so_every_size_is_served_
     for n in range(1, 61):
         served = loaded.serve(tf.constant(x[:n])).numpy()
         np.testing.assert_allclose(served, model(x[:n]).numpy(), atol=1e-5)
+    # a server can reject what did not converge: the forward signature says so per sample
+    dirty = x[:4].copy()
+    dirty[2, 1] = np.nan
+    forward = loaded.signatures["deq_forward"](x=tf.constant(dirty))
+    assert forward["converged"].numpy().tolist() == [True, True, False, True]
