@@ -199,7 +199,7 @@ def test_two_block_state_trains_reports_blocks_and_round_trips(tmp_path):
         np.save({str(tmp_path / 'z1.npy')!r}, fwd["z_star_1"].numpy())
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert "'block_residuals', 'iterations', 'residual', 'z_star_0', 'z_star_1'" in out.stdout
+    assert "'block_residuals', 'converged', 'iterations', 'residual', 'z_star_0', 'z_star_1'" in out.stdout
     assert "'adjoint_0', 'adjoint_1', 'input_gradient', 'iterations'" in out.stdout
     np.testing.assert_allclose(np.load(tmp_path / "z1.npy"), zb.numpy(), atol=1e-5)
     # the served input gradient is the live layer's gradient of sum(za) + sum(zb)
