@@ -65,6 +65,7 @@ CASES = {
     "AOLDense": (lambda: L.AOLDense(5, **F64), (3, 5), "explicit"),
     "SandwichDense": (lambda: L.SandwichDense(5, **F64), (3, 5), "explicit"),
     "SLLConv2D": (lambda: L.SLLConv2D(2, **F64), (2, 4, 4, 2), "explicit"),
+    "InputOptimization": (None, None, "input_optimization"),  # test_input_optimization_harness
 }
 
 
@@ -134,7 +135,8 @@ def test_cell_harness(name):
     assert type(family.cell) is type(cell)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] not in ("backward", "cell")))
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items()
+                                        if c[2] not in ("backward", "cell", "input_optimization")))
 def test_layer_harness(name, tmp_path):
     make, x_shape, kind = CASES[name]
     keras.utils.set_random_seed(0)
@@ -214,3 +216,50 @@ def test_backward_modes_serialize_with_the_layer(backward, tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras").get_layer("deq")
     assert loaded.backward == layer.backward
     assert ki.backward.deserialize(ki.backward.serialize(layer.backward)) == layer.backward
+
+
+@keras.saving.register_keras_serializable(package="test_harness")
+def _reconstruction(x, z, target):
+    """The inner loss of the InputOptimization case: fit z* to the target, a small prior on x."""
+    return tf.reduce_sum((z - target) ** 2, axis=-1) + 0.1 * tf.reduce_sum(x**2, axis=-1)
+
+
+def test_input_optimization_harness(tmp_path):
+    keras.utils.set_random_seed(0)
+    layer = L.InputOptimization(L.DenseCell(5, **F64), _reconstruction, alpha_x=0.2, tol=1e-11, max_iter=1000,
+                                **F64)
+    rng = np.random.default_rng(1)
+    x0, target = tf.constant(rng.standard_normal((3, 4))), tf.constant(0.3 * rng.standard_normal((3, 5)))
+    x, z = layer((x0, target))
+    _, _, _, info = layer.joint_solve(x0, target)
+    assert np.all(info.block_residuals.numpy() < 1e-8)  # KKT: equilibrium, stationarity, adjoint
+
+    clone = L.InputOptimization.from_config(layer.get_config())
+    clone((x0, target))
+    clone.set_weights(layer.get_weights())
+    assert clone.get_config() == layer.get_config()
+    for a, b in zip(clone((x0, target)), (x, z)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
+
+    xi, ti = keras.Input((4,), dtype="float64"), keras.Input((5,), dtype="float64")
+    model = keras.Model([xi, ti], list(layer((xi, ti))))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    for a, b in zip(loaded([x0, target]), (x, z)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
+
+    def optimal_value():  # the inner loss at the joint optimum
+        xs, zs = layer((x0, target))
+        return tf.reduce_sum(_reconstruction(xs, zs, target))
+
+    with tf.GradientTape() as tape:
+        value = optimal_value()
+    grads = tape.gradient(value, layer.trainable_variables)
+    # envelope theorem: the gradient through z* at a fixed x* is that of the optimal value
+    checks.check_variables_fd(layer.trainable_variables, grads, optimal_value, np.random.default_rng(7),
+                              jointly=True)
+
+    ki.export_saved_model(model, tmp_path / "export")
+    reloaded = tf.saved_model.load(str(tmp_path / "export"))
+    for a, b in zip(tf.nest.flatten(reloaded.serve(x0, target)), (x, z)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
