@@ -246,7 +246,7 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     bounded_writes = not eager and max_iter > trace_length
 
     def run_loop(*flat_vars):
-        trace = (tf.TensorArray(dtype, size=0, dynamic_size=True, element_shape=[]) if tf.executing_eagerly()
+        trace = (tf.TensorArray(dtype, size=0, dynamic_size=True, element_shape=[]) if eager
                  else tf.TensorArray(dtype, size=trace_length, element_shape=[]))
         out = tf.while_loop(
             cond,
@@ -263,8 +263,7 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     # signature, an eager cache relaxed to any batch) every new size would pay a
     # compilation, so such loops run uncompiled.
     static_batch = z0_flat.shape[0] is not None
-    if (jit_loop and static_batch and solver.compile_loop and config.jit_loops_enabled()
-            and not tf.executing_eagerly()):
+    if jit_loop and static_batch and solver.compile_loop and config.jit_loops_enabled() and not eager:
         compiled = tf.function(run_loop, jit_compile=True, autograph=False)
         if _xla_changes_meaning(compiled.get_concrete_function(*flat_vars)):
             compiled = None  # the same trace is reused below when the loop compiles
