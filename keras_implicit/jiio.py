@@ -31,6 +31,8 @@ solve then restarts from where it is, with the new step (Anderson's history
 restarts too).
 """
 
+import time
+
 import tensorflow as tf
 
 from keras_implicit import info as info_lib
@@ -169,7 +171,8 @@ def solve(f, loss, z0, x0, mu0=None, alpha_z=0.8, alpha_mu=0.6, alpha_x=0.1, swi
 
     Returns:
         `(x, z, mu, info)`: each sample's best iterate (no gradient flows
-        through them) and a `SolverInfo` whose `iterations` counts the
+        through them; `x` projected once more, so that it lies in the set
+        although Anderson's iterates are affine combinations) and a `SolverInfo` whose `iterations` counts the
         evaluations of `f` (each with one vector-Jacobian product),
         `residual`, `converged`, `trace` and `status` those of the stacked
         map, and `block_residuals` the KKT residuals `[batch, 3]` (see
@@ -215,6 +218,9 @@ def solve(f, loss, z0, x0, mu0=None, alpha_z=0.8, alpha_mu=0.6, alpha_x=0.1, swi
                                         jit_loop=bool(jit_loop))
         infos.append(info)
     z, x, mu = tf.nest.map_structure(tf.stop_gradient, state)
+    # Anderson's iterate is an affine (not convex) combination of projected points: it
+    # may leave the set by a little, so the returned x is projected once more.
+    x = terms.project(x)
     last = infos[-1]
     info = info_lib.SolverInfo(
         iterations=tf.add_n([i.iterations for i in infos]),
@@ -239,22 +245,28 @@ def kkt_residuals(f, loss, z, x, mu, alpha_x=1.0, projection=None):
 
 
 def nested_input_optimization(f, loss, z0, x0, alpha_x=0.1, steps=100, projection=None, normalize_step=False,
-                              x_tol=1e-6, solver="anderson", tol=1e-8, max_iter=100):
+                              x_tol=1e-6, solver="anderson", tol=1e-8, max_iter=100, stop_at=None):
     """The baseline JIIO replaces: projected gradient descent on `x`, each step
     a full DEQ solve and its implicit (adjoint) gradient.
 
     `x <- P(x - alpha_x d/dx l(x, z*(x)))` until every sample's gradient
-    mapping is below `x_tol` or `steps` steps; each solve starts from the
+    mapping is below `x_tol`, the batch's mean objective is at most
+    `stop_at` (when given), or `steps` steps; each solve starts from the
     previous step's equilibrium.
 
     Returns:
         `(x, z, stats)`: `stats` a dict with `steps` (gradient steps taken),
-        `cell_evaluations`
-        (forward and adjoint iterations, summed) and `gradient_mapping` (per
-        sample, at the returned `x`).
+        `cell_evaluations` (forward and adjoint iterations, summed),
+        `gradient_mapping` (per sample, at the returned `x`), and per
+        evaluated point (`steps + 1` of them): `objective` (the batch's mean
+        `l(x, z*(x))`), `evaluations` (cumulative cell evaluations) and
+        `seconds` (wall time of that point's solve and gradient; the first
+        one includes tracing the compiled step).
     """
     alpha_x = validation.number(alpha_x, "alpha_x")
     steps = validation.integer(steps, "steps", minimum=0)
+    if stop_at is not None:
+        stop_at = validation.number(stop_at, "stop_at", low=-float("inf"), high=float("inf"), high_open=True)
     terms = _Terms(f, loss, projection)
     z = tf.nest.map_structure(tf.convert_to_tensor, z0)
     x = terms.project(tf.nest.map_structure(tf.convert_to_tensor, x0))
@@ -268,25 +280,33 @@ def nested_input_optimization(f, loss, z0, x0, alpha_x=0.1, steps=100, projectio
             tape.watch(flat_x)
             z, info = fixed_point(f, z, x, solver=solver, tol=tol, max_iter=max_iter, on_failure="ignore",
                                   backward_callback=adjoint.append, check_captures=False)
-            value = tf.reduce_sum(loss(x, z))
+            values = loss(x, z)
+            value = tf.reduce_sum(values)
         g = tf.nest.pack_sequence_as(x, tape.gradient(value, flat_x,
                                                       unconnected_gradients=tf.UnconnectedGradients.ZERO))
         plain = terms.project(tf.nest.map_structure(lambda a, s: a - alpha_x * s, x, g))
         mapping = _flat_norm(tf.nest.map_structure(tf.subtract, x, plain)) / alpha_x
-        return tf.nest.map_structure(tf.stop_gradient, z), g, mapping, info.iterations + adjoint[0].iterations
+        return (tf.nest.map_structure(tf.stop_gradient, z), g, mapping, info.iterations + adjoint[0].iterations,
+                tf.reduce_mean(values))
 
     gradient = tf.function(gradient, autograph=False)  # one trace; each step runs compiled
     evaluations, taken = 0, 0
+    history = {"objective": [], "evaluations": [], "seconds": []}
     while True:
-        z, g, mapping, iterations = gradient(x, z)
+        start = time.perf_counter()
+        z, g, mapping, iterations, objective = gradient(x, z)
         evaluations += int(iterations)
-        if taken == steps or float(tf.reduce_max(mapping)) <= x_tol:
+        history["seconds"].append(time.perf_counter() - start)
+        history["objective"].append(float(objective))
+        history["evaluations"].append(evaluations)
+        if (taken == steps or float(tf.reduce_max(mapping)) <= x_tol
+                or (stop_at is not None and history["objective"][-1] <= stop_at)):
             break
         if normalize_step:
             g = _normalized(g)
         x = terms.project(tf.nest.map_structure(lambda a, s: a - alpha_x * s, x, g))
         taken += 1
-    return x, z, {"steps": taken, "cell_evaluations": evaluations, "gradient_mapping": mapping}
+    return x, z, {"steps": taken, "cell_evaluations": evaluations, "gradient_mapping": mapping, **history}
 
 
 __all__ = ["kkt_residuals", "l2_ball", "nested_input_optimization", "solve"]
