@@ -167,7 +167,7 @@ class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
             ata = to_complex(self.g / tf.reduce_sum(tf.square(a))) * ata
             skew = to_complex(self.h / tf.norm(b)) * skew
         eye = tf.eye(self.filters, dtype=ata.dtype)
-        w_hat = tf.cast(1.0 - self.m, ata.dtype) * eye - ata + skew
+        w_hat = tf.constant(1.0 - self.m, ata.dtype) * eye - ata + skew
         return FourierOperator(w_hat, self.spatial, a.dtype)
 
     def input_injection(self, x):
@@ -251,7 +251,7 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
             a = kernel_spectrum(self._normalized(self.A, self.a_scale, i), (h, w), full=True)
             b = kernel_spectrum(self._normalized(self.B, self.b_scale, i), (h, w), full=True)
             eye = tf.eye(c, dtype=a.dtype)
-            m_hat.append(tf.cast(1.0 - self.m, a.dtype) * eye - tf.matmul(a, a, adjoint_a=True)
+            m_hat.append(tf.constant(1.0 - self.m, a.dtype) * eye - tf.matmul(a, a, adjoint_a=True)
                          + b - tf.linalg.adjoint(b))
             if i > 0:
                 a_hat.append(a)
