@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from keras_implicit import (autodiff, backward, callbacks, config, jiio, layers, lipschitz, operators, prox,
+from keras_implicit import (autodiff, backward, callbacks, config, dynamics, jiio, layers, lipschitz, operators, prox,
                             robustness, solvers)
 from keras_implicit.export import export_saved_model
 from keras_implicit.fixed_point import ConvergenceError, fixed_point
@@ -18,6 +18,7 @@ __all__ = [
     "backward",
     "callbacks",
     "config",
+    "dynamics",
     "export_saved_model",
     "fixed_point",
     "jiio",

@@ -21,6 +21,10 @@ F64 = {"dtype": "float64"}
 TOL = {"tol": 1e-11, "max_iter": 500}
 
 
+_SMALL = keras.initializers.RandomNormal(stddev=0.2, seed=0)  # a recurrent matrix of spectral radius < 1
+_B = keras.initializers.Constant(-0.6)  # the single-index feedback b
+
+
 def _cell_case(cell, x_shape, covered_by):
     """A cell runs inside a `ForwardFPI` (its own call is `cell(z, x)`): the
     fixed-point residual and its own serialization are checked here; the
@@ -66,6 +70,13 @@ CASES = {
     "SandwichDense": (lambda: L.SandwichDense(5, **F64), (3, 5), "explicit"),
     "SLLConv2D": (lambda: L.SLLConv2D(2, **F64), (2, 4, 4, 2), "explicit"),
     "InputOptimization": (None, None, "input_optimization"),  # test_input_optimization_harness
+    "LinearDEQ": (lambda: L.LinearDEQ(4, output_units=2, recurrent_initializer=_SMALL, **TOL, **F64), (3, 4),
+                  "equilibrium"),
+    "LinearCell": _cell_case(lambda: L.LinearCell(4, recurrent_initializer=_SMALL, **F64), (3, 4), "LinearDEQ"),
+    "SingleIndexDEQ": (lambda: L.SingleIndexDEQ("tanh", recurrent_initializer=_B, **TOL, **F64), (3, 4),
+                       "equilibrium"),
+    "SingleIndexCell": _cell_case(lambda: L.SingleIndexCell("tanh", recurrent_initializer=_B, **F64), (3, 4),
+                                  "SingleIndexDEQ"),
 }
 
 

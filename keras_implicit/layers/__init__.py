@@ -24,6 +24,7 @@ from keras_implicit.layers.monotone import (
 )
 from keras_implicit.layers.multibranch import MultiBranchCell, MultiBranchEquilibrium
 from keras_implicit.layers.opteq import OptEqCell, OptEqDense
+from keras_implicit.layers.single_index import LinearCell, LinearDEQ, SingleIndexCell, SingleIndexDEQ
 
 __all__ = [
     "AOLDense",
@@ -38,6 +39,8 @@ __all__ = [
     "GaussianEquilibrium",
     "GaussianEquilibriumCell",
     "InputOptimization",
+    "LinearCell",
+    "LinearDEQ",
     "LipschitzCell",
     "LipschitzConv2D",
     "LipschitzConvCell",
@@ -56,5 +59,7 @@ __all__ = [
     "SLLConv2D",
     "SLLDense",
     "SandwichDense",
+    "SingleIndexCell",
+    "SingleIndexDEQ",
     "tune_alpha",
 ]
