@@ -47,7 +47,7 @@ def conserved_quantity(recurrent_kernel, kernel, bias=None):
     `||w||^2 + c^2 + (1 - b)^2` as a `[1, 1]` tensor.
 
     >>> import numpy as np
-    >>> float(conserved_quantity(np.array([[0.068]]), np.array([[0.024]]))[0, 0])  # 0.024^2 + 0.932^2
+    >>> round(float(conserved_quantity(np.array([[0.068]]), np.array([[0.024]]))[0, 0]), 12)  # 0.024^2 + 0.932^2
     0.8692
     """
     a = tf.convert_to_tensor(recurrent_kernel)

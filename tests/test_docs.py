@@ -24,6 +24,9 @@ MODULES = [
     "keras_implicit.config",
     "keras_implicit.jiio",
     "keras_implicit.layers.input_optimization",
+    "keras_implicit.backward.phantom",
+    "keras_implicit.layers.single_index",
+    "keras_implicit.dynamics",
 ]
 
 
