@@ -43,8 +43,8 @@ def report_failure(info, on_failure, what="fixed-point solve"):
     message = info_lib.describe(info, what)
     if status == info_lib.NON_FINITE:
         message += (
-            ". NaN or Inf appeared (in the inputs, or the iteration diverged); the "
-            "last finite iterate was returned for those samples. Check the inputs "
+            ". NaN or Inf appeared (in the inputs, or the iteration diverged); those "
+            "samples' outputs are NaN (the others are unaffected). Check the inputs "
             "for NaN/Inf, or make the map contractive (e.g. spectral normalization)."
         )
     else:
@@ -166,4 +166,19 @@ def fixed_point(
         _warn_captured(problem, z0, args)
     z, info = backward.apply(problem, z0, args, spec, backward_callback)
     report_failure(info, on_failure)
-    return z, info
+    return nan_where_broken(z, info), info
+
+
+def nan_where_broken(z, info):
+    """`z` with NaN for the samples whose iteration produced NaN/Inf before
+    converging (their residual is infinite), as any Keras layer returns NaN
+    for a NaN input: their loss and gradient are NaN, so training on them
+    shows in the loss (and stops `keras.callbacks.TerminateOnNaN`) instead of
+    silently poisoning the weights. The other samples are untouched."""
+    broken = tf.math.is_inf(info.residual) & tf.logical_not(info.converged)
+
+    def mask(t):
+        where = tf.reshape(broken, [-1] + [1] * (t.shape.rank - 1))
+        return tf.where(where, tf.constant(float("nan"), t.dtype), t)
+
+    return tf.nest.map_structure(mask, z)

@@ -129,3 +129,26 @@ def test_a_loop_that_xla_would_change_runs_uncompiled_and_as_written(capfd):
         tf.function(lambda: ki.fixed_point(asserting, tf.zeros([2, 3]))[0])()
     plain = tf.function(lambda: ki.fixed_point(lambda z: 0.5 * z + 1.0, tf.zeros([2, 3]))[0])  # still compiles
     assert checks.xla_functions(plain.get_concrete_function())
+
+
+@pytest.mark.parametrize("family", ["ForwardFPI", "MonotoneDense"])
+def test_one_nan_in_the_training_data_shows_in_the_loss_instead_of_poisoning_the_weights(family):
+    # The NaN sample used to return its last finite iterate: the loss stayed finite
+    # (about log 10) while its NaN gradient turned every equilibrium weight into NaN.
+    import keras
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((128, 8)).astype("float32"), rng.integers(0, 10, 128)
+    x[5, 3] = np.nan
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    layer = (ki.layers.ForwardFPI(ki.layers.DenseCell(16), name="deq") if family == "ForwardFPI"
+             else ki.layers.MonotoneDense(16, name="deq"))
+    model = keras.Model(inputs, keras.layers.Dense(10)(layer(inputs)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clean = model.predict(np.nan_to_num(x), verbose=0)
+    served = model.predict(x, verbose=0)  # the NaN row is NaN, the others as in a clean batch
+    assert np.isnan(served[5]).all()
+    np.testing.assert_allclose(np.delete(served, 5, 0), np.delete(clean, 5, 0), atol=1e-5)
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])

@@ -278,6 +278,11 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     best_blocks = tf.sqrt(best_blocks)
     best_res = tf.sqrt(best_res[:, 0]) if squared else best_res[:, 0]
     bad = tf.logical_not(ok[:, 0])
+    # A sample whose iteration produced NaN/Inf before converging reports an infinite
+    # residual (its returned iterate is the last finite one; `fixed_point` turns it
+    # into NaN so that training on it shows in the loss).
+    best_res = tf.where(bad, tf.constant(float("inf"), dtype), best_res)
+    best_blocks = tf.where(bad[:, None], tf.constant(float("inf"), dtype), best_blocks)
     status = tf.where(
         tf.reduce_any(bad),
         info_lib.NON_FINITE,
