@@ -121,7 +121,9 @@ class _Terms:
                         axis=1)
 
 
-def _check_steps(alpha_z, alpha_mu, alpha_x, switch):
+def check_steps(alpha_z, alpha_mu, alpha_x, switch):
+    """The validated step settings `(alpha_z, alpha_mu, alpha_x, switch)` of `solve`
+    (`ValueError` naming the argument and the received value otherwise)."""
     alpha_z = validation.number(alpha_z, "alpha_z", high=1.0)
     alpha_mu = validation.number(alpha_mu, "alpha_mu", high=1.0)
     alpha_x = validation.number(alpha_x, "alpha_x")
@@ -187,7 +189,7 @@ def solve(f, loss, z0, x0, mu0=None, alpha_z=0.8, alpha_mu=0.6, alpha_x=0.1, swi
     >>> round(float(x[0, 0]), 4), round(float(z[0, 0]), 4)
     (1.4878, 2.9756)
     """
-    alpha_z, alpha_mu, alpha_x, switch = _check_steps(alpha_z, alpha_mu, alpha_x, switch)
+    alpha_z, alpha_mu, alpha_x, switch = check_steps(alpha_z, alpha_mu, alpha_x, switch)
     check_tol_and_max_iter(tol, max_iter, "abs")
     check_on_failure(on_failure)
     solver = solvers_lib.get(solver)
@@ -309,4 +311,4 @@ def nested_input_optimization(f, loss, z0, x0, alpha_x=0.1, steps=100, projectio
     return x, z, {"steps": taken, "cell_evaluations": evaluations, "gradient_mapping": mapping, **history}
 
 
-__all__ = ["kkt_residuals", "l2_ball", "nested_input_optimization", "solve"]
+__all__ = ["check_steps", "kkt_residuals", "l2_ball", "nested_input_optimization", "solve"]

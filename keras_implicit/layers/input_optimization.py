@@ -66,7 +66,7 @@ class InputOptimization(ForwardFPI):
             raise ValueError(f"`loss` must be a callable loss(x, z, target) -> [batch]. Received: loss={loss!r}")
         if projection is not None and not callable(projection):
             raise ValueError(f"`projection` must be None or a callable P(x) -> x. Received: projection={projection!r}")
-        self.alpha_z, self.alpha_mu, self.alpha_x, self.switch = jiio._check_steps(alpha_z, alpha_mu, alpha_x, switch)
+        self.alpha_z, self.alpha_mu, self.alpha_x, self.switch = jiio.check_steps(alpha_z, alpha_mu, alpha_x, switch)
         self.loss, self.projection, self.normalize_step = loss, projection, bool(normalize_step)
         self._joint = None
 
