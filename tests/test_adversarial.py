@@ -152,3 +152,69 @@ def test_one_nan_in_the_training_data_shows_in_the_loss_instead_of_poisoning_the
     np.testing.assert_allclose(np.delete(served, 5, 0), np.delete(clean, 5, 0), atol=1e-5)
     history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
     assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+
+
+def _non_contractive(seed=0, n=5):
+    """f(z, x) = A z + x with spectral radius 1.5 (I - A invertible): Broyden solves
+    the forward; plain iteration of the adjoint diverges."""
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    a = q @ np.diag(np.linspace(-1.5, 0.5, n)) @ q.T
+    return tf.constant(a), lambda z, x, a=tf.constant(a): z @ a + x
+
+
+@pytest.mark.parametrize("adjoint", [{"solver": "fixed_point"}, {"solver": "fixed_point", "max_iter": 1},
+                                     {"max_iter": 1}])
+def test_a_failed_adjoint_solve_is_mended_by_the_fallback_and_reported(adjoint):
+    # The adjoint used to return a gradient wrong by 46 % or more, with no report.
+    a, f = _non_contractive()
+    x = tf.constant(np.random.default_rng(1).standard_normal((3, 5)))
+    infos = []
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, info = ki.fixed_point(f, tf.zeros_like(x), x, solver="broyden", tol=1e-12, max_iter=100,
+                                 backward=ki.backward.Implicit(tol=1e-12, **adjoint), backward_callback=infos.append,
+                                 check_captures=False)
+        loss = tf.reduce_sum(tf.sin(z))
+    assert bool(info.converged.numpy().all())
+    g = tape.gradient(loss, x).numpy()
+    # dL/dx = (I - A)^{-T} applied to cos(z*) (row form: z = z A + x)
+    expected = np.cos(z.numpy()) @ np.linalg.inv(np.eye(5) - a.numpy()).T
+    np.testing.assert_allclose(g, expected, rtol=1e-8)
+    assert int(infos[0].status) == ki.CONVERGED and bool(infos[0].converged.numpy().all())
+
+
+def test_an_adjoint_that_cannot_converge_is_reported_eagerly_and_in_the_layer_metric():
+    a, f = _non_contractive()
+    x = tf.constant(np.random.default_rng(1).standard_normal((3, 5)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, _ = ki.fixed_point(f, tf.zeros_like(x), x, solver="broyden", tol=1e-12, max_iter=100,
+                              backward=ki.backward.Implicit(tol=1e-300, max_iter=2), on_failure="raise",
+                              check_captures=False)
+        loss = tf.reduce_sum(z)
+    with pytest.raises(ki.ConvergenceError, match=r"adjoint \(backward\) solve: max_iter reached"):
+        tape.gradient(loss, x)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    layer = ki.layers.ForwardFPI(ki.layers.DenseCell(8), backward=ki.backward.Implicit(tol=1e-30, max_iter=2),
+                                 name="deq")
+    model = keras.Model(inputs, layer(inputs))
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(0)
+    logs = model.fit(rng.standard_normal((32, 4)), rng.standard_normal((32, 8)), epochs=1, verbose=0).history
+    assert logs["deq_bwd_res"][0] > 0 and np.isfinite(logs["deq_bwd_res"][0])
+    assert logs["deq_bwd_iters"][0] > 2  # the fallback ran
+
+
+def test_anderson_with_a_long_memory_isolates_a_nan_sample():
+    # memory > 8 solves its small systems with tf.linalg.solve, which failed for the
+    # whole batch ("Input matrix is not invertible") when one sample held NaN
+    x = np.ones((3, 4))
+    x[1, 2] = np.nan
+    z, info = ki.fixed_point(lambda z, x: 0.5 * tf.tanh(z) + x, tf.zeros([3, 4], tf.float64), tf.constant(x),
+                             solver=ki.solvers.Anderson(memory=10), tol=1e-10, max_iter=100, on_failure="ignore")
+    assert info.converged.numpy().tolist() == [True, False, True]
+    assert np.isnan(z.numpy()[1]).all() and np.isfinite(z.numpy()[[0, 2]]).all()

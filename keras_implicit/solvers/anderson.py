@@ -25,6 +25,11 @@ def _spd_solve_ones(h):
     """
     m = h.shape[-1]
     if m > _UNROLL_MAX:
+        # A sample with NaN/Inf in its history (a NaN input) would make the batched
+        # solve fail for the whole batch ("Input matrix is not invertible"): it
+        # solves with the identity instead (its iterate is discarded anyway).
+        finite = tf.reduce_all(tf.math.is_finite(h), axis=[1, 2], keepdims=True)
+        h = tf.where(finite, h, tf.eye(m, dtype=h.dtype)[None])
         return tf.linalg.solve(h, tf.ones_like(h[:, :, :1]))[:, :, 0]
     a = tf.concat([h, tf.ones_like(h[:, :, :1])], axis=2)  # [b, m, m + 1]
     for p in range(m):
