@@ -41,7 +41,13 @@ def report_failure(info, on_failure, what="fixed-point solve"):
     if status == info_lib.CONVERGED:
         return
     message = info_lib.describe(info, what)
-    if status == info_lib.NON_FINITE:
+    if what.startswith("adjoint"):
+        message += (
+            " (after the Anderson fallback); the gradients of those samples are not exact. "
+            "Check that I - df/dz is invertible (a contractive map), or give the backward "
+            "mode more iterations: backward=Implicit(max_iter=...)."
+        )
+    elif status == info_lib.NON_FINITE:
         message += (
             ". NaN or Inf appeared (in the inputs, or the iteration diverged); those "
             "samples' outputs are NaN (the others are unaffected). Check the inputs "
@@ -125,7 +131,8 @@ def fixed_point(
         backward_callback: optional callable receiving the `SolverInfo` of
             the adjoint solve (implicit mode) when gradients are computed; the
             ops or tensors it returns (if any) run before the gradients are
-            returned.
+            returned. An adjoint solve that fails is reported as the forward
+            is (`on_failure`) when the backward pass runs eagerly.
         check_captures: warn if `f` captures float tensors by closure
             (implicit mode only; costs one extra trace of `f`).
         jit_loop: in graph mode, compile solver loops that are not
@@ -164,9 +171,19 @@ def fixed_point(
     spec = solvers_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
     if check_captures and isinstance(backward, backward_lib.Implicit):
         _warn_captured(problem, z0, args)
-    z, info = backward.apply(problem, z0, args, spec, backward_callback)
+    z, info = backward.apply(problem, z0, args, spec, _reporting(backward_callback, on_failure))
     report_failure(info, on_failure)
     return nan_where_broken(z, info), info
+
+
+def _reporting(callback, on_failure):
+    """The backward callback, preceded (when the backward pass runs eagerly) by
+    the same report as the forward's for an adjoint solve that failed."""
+    def report(info):
+        if tf.executing_eagerly():
+            report_failure(info, on_failure, "adjoint (backward) solve")
+        return callback(info) if callback is not None else None
+    return report
 
 
 def nan_where_broken(z, info):

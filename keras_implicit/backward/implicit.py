@@ -108,7 +108,7 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=(), forward=None):
     if forward is not None and could_possibly_record():
         forward = None
     adjoint = problem.bind_adjoint(adjoint_map, z_star, dz, args, forward)
-    c, info = spec.solve(adjoint, dz)
+    c, info = _solve_with_fallback(adjoint, dz, spec)
     c_leaves = tf.nest.flatten(c)
     grads = tape.gradient(
         fz_leaves,
@@ -123,6 +123,49 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=(), forward=None):
         arg_grads.append(next(it) if _is_float(a) else None)
     var_grads = list(grads[len(watched):])
     return c, arg_grads, var_grads, info
+
+
+# The adjoint's safe rule: where a sample's adjoint solve did not converge (plain
+# iteration on a map that is not a contraction, too few iterations), it is solved
+# again by Anderson, which solves the linear adjoint equation whenever I - J is
+# invertible (it acts as GMRES on linear maps), from `dL/dz*`.
+FALLBACK_MEMORY = 10
+FALLBACK_MIN_ITER = 100
+
+
+def _solve_with_fallback(adjoint, dz, spec):
+    """`spec.solve(adjoint, dz)`; if some sample did not converge, Anderson
+    (memory 10, at least 100 iterations) solves again from `dz` and each sample
+    keeps the result with the smaller residual. The returned `SolverInfo`
+    describes what is returned (iterations: both solves together; trace: the
+    first solve's), so a failure that the fallback could not mend is still
+    reported."""
+    from keras_implicit import info as info_lib
+    from keras_implicit.solvers.anderson import Anderson
+
+    c, info = spec.solve(adjoint, dz)
+    fallback = SolveSpec(Anderson(memory=FALLBACK_MEMORY), spec.tol, max(spec.max_iter, FALLBACK_MIN_ITER),
+                         spec.stop_mode, spec.jit_loop)
+
+    def retry():
+        c2, info2 = fallback.solve(adjoint, dz)
+        take = (info2.residual < info.residual) | tf.logical_not(tf.math.is_finite(info.residual))
+
+        def pick(a, b):
+            return tf.where(tf.reshape(take, [-1] + [1] * (a.shape.rank - 1)), b, a)
+
+        merged = tf.nest.map_structure(pick, c, c2)
+        residual = tf.where(take, info2.residual, info.residual)
+        converged = tf.where(take, info2.converged, info.converged)
+        status = tf.where(tf.reduce_all(converged), info_lib.CONVERGED,
+                          tf.where(tf.reduce_any(tf.math.is_inf(residual) & tf.logical_not(converged)),
+                                   info_lib.NON_FINITE, info_lib.MAX_ITER_REACHED))
+        return merged, info_lib.SolverInfo(
+            iterations=info.iterations + info2.iterations, residual=residual, converged=converged,
+            trace=info.trace, status=tf.cast(status, info.status.dtype),
+            block_residuals=pick(info.block_residuals, info2.block_residuals))
+
+    return tf.cond(tf.reduce_all(info.converged), lambda: (c, info), retry)
 
 
 class Implicit(BackwardMode):
@@ -147,6 +190,13 @@ class Implicit(BackwardMode):
             `stop_mode`. With `"abs"` the tolerance is on the scale of
             `dL/dz*`, which shrinks with the batch size of a mean loss;
             `"rel"` makes the gradient's accuracy independent of that scale.
+
+    Where the adjoint solve does not converge for a sample (e.g. plain
+    iteration on a map that is not a contraction, or too small a
+    `max_iter`), Anderson solves it again from `dL/dz*` and the better result
+    is kept; the adjoint's `SolverInfo` (given to `fixed_point`'s
+    `backward_callback`, reported eagerly like the forward's, and logged by
+    the layers as `<name>_bwd_res`) tells what was returned.
 
     Gradients reach the explicit `args` of `f` and the variables `f` reads;
     a tensor that `f` captures by closure gets none (`fixed_point` warns when

@@ -146,8 +146,9 @@ def _higher_order_tape(nested):
     return _gradient_types(leaves) == 2
 
 
-class _BackwardIterations(keras.metrics.Mean):
-    """Mean adjoint iterations, logged only where a backward pass ran.
+class _BackwardMean(keras.metrics.Mean):
+    """A mean over backward passes (adjoint iterations, residuals), logged only
+    where a backward pass ran.
 
     Evaluation runs no backward pass, so `val_<name>_bwd_iters` would read 0.
     Keras logs what `result()` returns (a dict is merged into the logs): in
@@ -288,7 +289,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         if self.track_metrics:
             self.fwd_iters_metric = keras.metrics.Mean(name=f"{self.name}_fwd_iters")
             self.fwd_res_metric = keras.metrics.Mean(name=f"{self.name}_fwd_res")
-            self.bwd_iters_metric = _BackwardIterations(name=f"{self.name}_bwd_iters")
+            self.bwd_iters_metric = _BackwardMean(name=f"{self.name}_bwd_iters")
+            self.bwd_res_metric = _BackwardMean(name=f"{self.name}_bwd_res")
             self._add_block_metrics()
 
     def _add_block_metrics(self):
@@ -313,16 +315,19 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         return SolveSpec(self.solver, self.tol, self.max_iter, self.stop_mode, self.jit_loop)
 
     def _record_backward(self, info):
-        """Adds the adjoint's iterations to `<name>_bwd_iters`. Returns the
-        updates, which the gradients wait for: a backward function built by
-        `tf.function` for an eager tape keeps only what its outputs need."""
+        """Adds the adjoint's iterations and mean residual to `<name>_bwd_iters`
+        and `<name>_bwd_res`. Returns the updates, which the gradients wait
+        for: a backward function built by `tf.function` for an eager tape
+        keeps only what its outputs need."""
         if not self.track_metrics:
             return None
-        m = self.bwd_iters_metric
-        m.measured = True
-        # `.value` is the tf.Variable; its assign (unlike Keras') returns the op.
-        ops = [m.total.value.assign_add(tf.cast(info.iterations, m.total.dtype), read_value=False),
-               m.count.value.assign_add(tf.ones([], m.count.dtype), read_value=False)]
+        ops = []
+        for m, value in ((self.bwd_iters_metric, tf.cast(info.iterations, "float32")),
+                         (self.bwd_res_metric, tf.reduce_mean(tf.cast(info.residual, "float32")))):
+            m.measured = True
+            # `.value` is the tf.Variable; its assign (unlike Keras') returns the op.
+            ops += [m.total.value.assign_add(tf.cast(value, m.total.dtype), read_value=False),
+                    m.count.value.assign_add(tf.ones([], m.count.dtype), read_value=False)]
         return [op for op in ops if op is not None]
 
     def initial_state(self, inputs):
@@ -418,7 +423,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
 
     def call(self, inputs, initial_state=None):
         if self.track_metrics:
-            self.bwd_iters_metric.measured = False  # until this call's backward is traced
+            # until this call's backward is traced
+            self.bwd_iters_metric.measured = self.bwd_res_metric.measured = False
         z, info = self._run(inputs, initial_state, record=self.track_metrics)
         y = self.readout(z)
         return (y, info) if self.return_info else y
