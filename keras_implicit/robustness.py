@@ -29,8 +29,14 @@ def certified_radius(logits, lipschitz):
     return (top2[:, 1] - top2[:, 0]) / (np.sqrt(2.0) * gamma)
 
 
-def certified_accuracy(model, x, y, eps, lipschitz, batch_size=256):
+def certified_accuracy(model, x, y, eps, lipschitz, batch_size=256, require_converged=True):
     """Fraction of samples classified correctly with certified radius `> eps`.
+
+    The bound holds for the exact equilibrium only: with `require_converged`
+    (default) a sample counts as certified only if every equilibrium layer of
+    `model` (a `ForwardFPI` family layer, or a functional/Sequential model
+    holding them) converged on it, checked by solving each layer again on
+    its input. Other callables cannot be inspected and are taken as they are.
 
     Args:
         model: callable returning logits.
@@ -38,6 +44,8 @@ def certified_accuracy(model, x, y, eps, lipschitz, batch_size=256):
         eps: a radius or a list of radii (2-norm, in the input's units).
         lipschitz: a certified Lipschitz bound of `model` (e.g. the `gamma`
             of a `LipschitzDense` output layer).
+        batch_size: samples per call.
+        require_converged: count unconverged samples as uncertified.
 
     Returns:
         A float, or an array with one entry per `eps`.
@@ -53,8 +61,42 @@ def certified_accuracy(model, x, y, eps, lipschitz, batch_size=256):
         raise ValueError(f"`x` and `y` must have the same length. Received: {logits.shape[0]} and {y.shape[0]}")
     radius = certified_radius(logits, lipschitz)
     correct = np.argmax(logits, axis=1) == y
+    if require_converged:
+        correct &= converged_samples(model, x, batch_size)
     acc = np.array([np.mean(correct & (radius > e)) for e in eps_arr])
     return float(acc[0]) if np.ndim(eps) == 0 else acc
+
+
+def converged_samples(model, x, batch_size=256):
+    """`[n]` bool: whether every equilibrium layer of `model` converged on each
+    sample (all True for a model without any, or one that cannot be
+    inspected: not a layer, nor a functional or Sequential model)."""
+    from keras_implicit.layers.fpi import ForwardFPI
+
+    n = len(x)
+    if isinstance(model, ForwardFPI):
+        layers, probe = [model], None
+    elif isinstance(model, keras.Sequential) or (isinstance(model, keras.Model)
+                                                  and getattr(model, "_is_graph_network", False)):
+        layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                  if isinstance(layer, ForwardFPI)]
+        try:
+            probe = keras.Model(model.inputs, [layer.input for layer in layers]) if layers else None
+        except Exception as error:  # e.g. a layer inside a nested model
+            raise ValueError("certified_accuracy could not reach the inputs of the model's equilibrium layers "
+                             "to check that they converged (pass require_converged=False to skip the check). "
+                             f"Received: model={model.name!r} ({error})") from error
+    else:
+        return np.ones(n, bool)
+    ok = np.ones(n, bool)
+    for i in range(0, n, batch_size):
+        xb = tf.convert_to_tensor(x[i:i + batch_size])
+        inputs = [xb] if probe is None else probe(xb)
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        for layer, inp in zip(layers, inputs):
+            _, info = layer.solve(inp)
+            ok[i:i + batch_size] &= info.converged.numpy()
+    return ok
 
 
 def _predict(model, x, batch_size):

@@ -218,3 +218,30 @@ def test_anderson_with_a_long_memory_isolates_a_nan_sample():
                              solver=ki.solvers.Anderson(memory=10), tol=1e-10, max_iter=100, on_failure="ignore")
     assert info.converged.numpy().tolist() == [True, False, True]
     assert np.isnan(z.numpy()[1]).all() and np.isfinite(z.numpy()[[0, 2]]).all()
+
+
+def test_certified_accuracy_does_not_certify_samples_whose_solve_did_not_converge():
+    # used to certify from the logits of an unconverged solve, whose slope is not bounded by gamma
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), ki.layers.LipschitzDense(16, 3, lipschitz=1.0, max_iter=2,
+                                                                          tol=1e-12, on_failure="ignore")])
+    y = np.argmax(model.predict(x, verbose=0), 1)  # every prediction "correct"
+    assert ki.robustness.certified_accuracy(model, x, y, 0.0, 1.0, require_converged=False) > 0.9
+    assert ki.robustness.certified_accuracy(model, x, y, 0.0, 1.0) == 0.0
+    converged = keras.Sequential([keras.Input((6,)), ki.layers.LipschitzDense(16, 3, lipschitz=1.0, tol=1e-6,
+                                                                              max_iter=300)])
+    y = np.argmax(converged.predict(x, verbose=0), 1)
+    assert ki.robustness.certified_accuracy(converged, x, y, 0.0, 1.0) > 0.9
+    assert ki.robustness.converged_samples(converged.layers[0], x).all()
+
+
+def test_forward_backward_above_its_bound_warns_when_the_model_is_built_not_only_eagerly():
+    # fit runs compiled: the eager check never ran and training diverged without a word
+    import keras
+
+    with pytest.warns(UserWarning, match=r"alpha=50.0 exceeds its convergence bound .* \(at build\)"):
+        inputs = keras.Input((4,))
+        keras.Model(inputs, ki.layers.MonotoneDense(8, solver="forward_backward", alpha=50.0)(inputs))

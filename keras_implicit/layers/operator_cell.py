@@ -156,17 +156,31 @@ class OperatorFamily(EquilibriumFamily):
         """The largest `alpha` for which forward-backward splitting provably converges, `2 m / ||I - W||_2^2`."""
         return float(2.0 * self.cell.m / self.cell.operator().identity_minus_norm() ** 2)
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Checked here too: `fit` and other compiled callers never run the eager check.
+        self._check_forward_backward(when=" (at build)")
+
+    def _check_forward_backward(self, when=""):
+        """Warns when forward-backward's `alpha` exceeds the bound of the current
+        weights (once per bound value: a build followed by a call on the same
+        weights warns once)."""
+        if not isinstance(self.solver, ForwardBackward):
+            return
+        bound = self.forward_backward_bound()
+        if self.solver.alpha > bound and bound != getattr(self, "_warned_bound", None):
+            self._warned_bound = bound
+            warnings.warn(
+                f"Forward-backward splitting with alpha={self.solver.alpha} exceeds its "
+                f"convergence bound 2m/||I - W||^2 = {bound:.3g}{when}; it may diverge. Use "
+                "alpha <= the bound or solver='peaceman_rachford'.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def call(self, inputs, initial_state=None):
-        if isinstance(self.solver, ForwardBackward) and tf.executing_eagerly():
-            bound = self.forward_backward_bound()
-            if self.solver.alpha > bound:
-                warnings.warn(
-                    f"Forward-backward splitting with alpha={self.solver.alpha} exceeds its "
-                    f"convergence bound 2m/||I - W||^2 = {bound:.3g}; it may diverge. Use "
-                    "alpha <= the bound or solver='peaceman_rachford'.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        if tf.executing_eagerly() and self.built:
+            self._check_forward_backward()
         return super().call(inputs, initial_state)
 
     def get_config(self):
