@@ -96,11 +96,13 @@ def _evaluate(loss_fn, variables, record):
     return value, norm, grads, extra
 
 
-def _append(history, value, norm, variables, extra):
+def _append(history, value, norm, params, extra):
+    """One recorded point: the loss, the gradient's norm, the parameters'
+    values (variables or arrays) and the recorded extras."""
     history["loss"].append(value.numpy())
     history["gradient_norm"].append(norm.numpy())
-    for k, v in enumerate(variables):
-        history["params"][k].append(np.array(v.numpy()))
+    for k, v in enumerate(params):
+        history["params"][k].append(np.array(v))
     for key, v in extra.items():
         history.setdefault(key, []).append(v.numpy())
 
@@ -152,12 +154,7 @@ def gradient_descent(loss_fn, variables, learning_rate, steps, record=None):
             value, norm, extra = step()
         else:
             value, norm, _, extra = tf.function(lambda: _evaluate(loss_fn, variables, record), autograph=False)()
-        history["loss"].append(value.numpy())
-        history["gradient_norm"].append(norm.numpy())
-        for j in range(len(variables)):
-            history["params"][j].append(snapshot[j])
-        for key, v in extra.items():
-            history.setdefault(key, []).append(v.numpy())
+        _append(history, value, norm, snapshot, extra)  # the point the step started from
         snapshot = [np.array(v.numpy()) for v in variables]
         if not np.isfinite(history["loss"][-1]):
             raise FloatingPointError(f"gradient descent diverged at step {k}: loss {history['loss'][-1]}. "

@@ -6,6 +6,13 @@ from keras_implicit.backward.base import BackwardMode
 from keras_implicit import validation
 
 
+def _solve_then_step(problem, z0, args, spec, steps, damping):
+    """`(z*, the damped steps from z*, info)`: the solve without gradient, then
+    `steps` recorded steps."""
+    z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)
+    return z_star, _damped_steps(problem, z_star, args, steps, damping), info
+
+
 def _damped_steps(f, z, args, steps, damping):
     for _ in range(steps):
         fz = f(z, *args)
@@ -44,8 +51,8 @@ class Phantom(BackwardMode):
         self.damping = validation.number(damping, "damping", high=1.0)
 
     def apply(self, problem, z0, args, spec, callback=None):
-        z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)
-        return _damped_steps(problem, z_star, args, self.steps, self.damping), info
+        _, stepped, info = _solve_then_step(problem, z0, args, spec, self.steps, self.damping)
+        return stepped, info
 
     def get_config(self):
         return {"steps": self.steps, "damping": self.damping}
@@ -65,8 +72,8 @@ class JacobianFree(BackwardMode):
     name = "jacobian_free"
 
     def apply(self, problem, z0, args, spec, callback=None):
-        z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)
-        return _damped_steps(problem, z_star, args, 1, 1.0), info
+        _, stepped, info = _solve_then_step(problem, z0, args, spec, 1, 1.0)
+        return stepped, info
 
 
 class Neumann(BackwardMode):
@@ -118,8 +125,7 @@ class Neumann(BackwardMode):
         self.damping = validation.number(damping, "damping", high=1.0)
 
     def apply(self, problem, z0, args, spec, callback=None):
-        z_star, info = spec.solve_without_gradient(problem.bind(*args), z0)
-        stepped = _damped_steps(problem, z_star, args, self.terms, self.damping)
+        z_star, stepped, info = _solve_then_step(problem, z0, args, spec, self.terms, self.damping)
         # the value z*, the gradient of the steps
         return tf.nest.map_structure(lambda z, s: z + (s - tf.stop_gradient(s)), z_star, stepped), info
 
