@@ -129,13 +129,13 @@ def adjoint_solve(f, z_star, args, dz, spec, variables=(), forward=None):
 # iteration on a map that is not a contraction, too few iterations), it is solved
 # again by Anderson, which solves the linear adjoint equation whenever I - J is
 # invertible (it acts as GMRES on linear maps), from `dL/dz*`.
-FALLBACK_MEMORY = 10
+FALLBACK_MEMORY = 8  # Anderson's small solves stay in-graph eliminations (any float dtype, float16 too)
 FALLBACK_MIN_ITER = 100
 
 
 def _solve_with_fallback(adjoint, dz, spec):
     """`spec.solve(adjoint, dz)`; if some sample did not converge, Anderson
-    (memory 10, at least 100 iterations) solves again from `dz` and each sample
+    (memory 8, at least 100 iterations) solves again from `dz` and each sample
     keeps the result with the smaller residual. The returned `SolverInfo`
     describes what is returned (iterations: both solves together; trace: the
     first solve's), so a failure that the fallback could not mend is still
