@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_implicit import info as info_lib
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.backward.base import BackwardMode
 from keras_implicit.solvers.base import check_tol_and_max_iter
@@ -140,11 +141,8 @@ def _solve_with_fallback(adjoint, dz, spec):
     describes what is returned (iterations: both solves together; trace: the
     first solve's), so a failure that the fallback could not mend is still
     reported."""
-    from keras_implicit import info as info_lib
-    from keras_implicit.solvers.anderson import Anderson
-
     c, info = spec.solve(adjoint, dz)
-    fallback = SolveSpec(Anderson(memory=FALLBACK_MEMORY), spec.tol, max(spec.max_iter, FALLBACK_MIN_ITER),
+    fallback = SolveSpec(solvers_lib.Anderson(memory=FALLBACK_MEMORY), spec.tol, max(spec.max_iter, FALLBACK_MIN_ITER),
                          spec.stop_mode, spec.jit_loop)
 
     def retry():
@@ -303,7 +301,5 @@ def _implicit_op(problem, z0, args, spec, adjoint_spec, callback):
     z = tf.nest.pack_sequence_as(z_structure, list(outputs[:n]))
     info = None
     if len(outputs) > n:
-        from keras_implicit.info import SolverInfo
-
-        info = SolverInfo(*outputs[n:])
+        info = info_lib.SolverInfo(*outputs[n:])
     return z, info
