@@ -2,6 +2,7 @@
 
 import warnings
 
+import keras
 import tensorflow as tf
 
 from keras_implicit import backward as backward_lib
@@ -169,11 +170,42 @@ def fixed_point(
         for a in args
     )
     spec = solvers_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
-    if check_captures and isinstance(backward, backward_lib.Implicit):
-        _warn_captured(problem, z0, args)
+    if isinstance(backward, backward_lib.Implicit):
+        _refuse_forward_mode(problem, args)
+        if check_captures:
+            _warn_captured(problem, z0, args)
     z, info = backward.apply(problem, z0, args, spec, _reporting(backward_callback, on_failure))
     report_failure(info, on_failure)
     return nan_where_broken(z, info), info
+
+
+def watched_forward(tensors):
+    """Whether a `tf.autodiff.ForwardAccumulator` watches any of `tensors` (float
+    tensors or variables)."""
+    try:
+        from tensorflow.python.eager import forwardprop_util
+    except ImportError:  # a TensorFlow without it: nothing to check against
+        return False
+    tensors = [tf.convert_to_tensor(t) for t in tensors if tf.as_dtype(t.dtype).is_floating]
+    return bool(tensors) and bool(forwardprop_util.pack_tangents(tensors).indices)
+
+
+def _refuse_forward_mode(problem, args):
+    """Forward-mode differentiation (`tf.autodiff.ForwardAccumulator`) cannot pass
+    through the implicit mode's custom reverse-mode gradient: its JVP would be
+    None eagerly and zeros in graphs. Raise instead when an input of the solve (or a
+    variable of the Keras layer that is the map) carries a tangent."""
+    tensors = [a for a in tf.nest.flatten(args) if isinstance(a, (tf.Tensor, tf.Variable))]
+    layer = problem.f if isinstance(getattr(problem, "f", None), keras.layers.Layer) else None
+    if layer is not None:
+        tensors += list(layer.variables)
+    if watched_forward(tensors):
+        raise ValueError(
+            "Forward-mode differentiation (tf.autodiff.ForwardAccumulator) does not pass through "
+            "backward='implicit': its gradient is a custom reverse-mode rule, so the JVP would be "
+            "missing (None eagerly, zeros in a tf.function). Use reverse mode (tf.GradientTape), or "
+            "backward='unrolled' for an exact JVP in eager mode. Received: an input of the fixed "
+            "point watched by a ForwardAccumulator")
 
 
 def _reporting(callback, on_failure):

@@ -245,3 +245,34 @@ def test_forward_backward_above_its_bound_warns_when_the_model_is_built_not_only
     with pytest.warns(UserWarning, match=r"alpha=50.0 exceeds its convergence bound .* \(at build\)"):
         inputs = keras.Input((4,))
         keras.Model(inputs, ki.layers.MonotoneDense(8, solver="forward_backward", alpha=50.0)(inputs))
+
+
+def test_forward_mode_through_the_implicit_backward_raises_instead_of_returning_zeros():
+    # the JVP used to be None eagerly and zeros inside tf.function
+    x = tf.constant([[0.3, -0.2]], tf.float64)
+    w = tf.Variable([[0.5, 0.1], [-0.2, 0.4]], dtype=tf.float64)
+    v = tf.constant([[1.0, 0.0]], tf.float64)
+
+    def f(z, x):
+        return tf.tanh(z @ w + x)
+
+    def jvp(x, backward):
+        with tf.autodiff.ForwardAccumulator(x, v) as acc:
+            z, _ = ki.fixed_point(f, tf.zeros_like(x), x, backward=backward, tol=1e-13, max_iter=300)
+        return acc.jvp(z)
+
+    match = "Forward-mode differentiation .* does not pass through backward='implicit'"
+    with pytest.raises(ValueError, match=match):
+        jvp(x, "implicit")
+    with pytest.raises(ValueError, match=match):
+        tf.function(lambda x: jvp(x, "implicit"))(x)
+    layer = ki.layers.ForwardFPI(ki.layers.DenseCell(3), dtype="float64")
+    layer(x)
+    with pytest.raises(ValueError, match=match):
+        with tf.autodiff.ForwardAccumulator(x, v):
+            layer(x)
+    # the unrolled mode's JVP is the exact one: (I - J)^{-1} df/dx v at z*
+    z, _ = ki.fixed_point(f, tf.zeros_like(x), x, tol=1e-13, max_iter=300)
+    s = 1 - np.tanh(z.numpy() @ w.numpy() + x.numpy()) ** 2  # row form: dz = (dz W + v) diag(s)
+    expected = (v.numpy() * s) @ np.linalg.inv(np.eye(2) - w.numpy() * s)
+    np.testing.assert_allclose(jvp(x, "unrolled").numpy(), expected, rtol=1e-8)

@@ -7,7 +7,7 @@ from keras_implicit import config
 from keras_implicit import backward as backward_lib
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.solvers.spec import SolveSpec
-from keras_implicit.fixed_point import check_on_failure, fixed_point, report_failure
+from keras_implicit.fixed_point import check_on_failure, fixed_point, report_failure, watched_forward
 from keras_implicit.info import SolverInfo
 from keras_implicit.solvers.base import TRACE_LENGTH, check_tol_and_max_iter
 
@@ -400,7 +400,9 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         else:
             z0 = self._check_initial_state(inputs, initial_state)
         if self.compile_eager and tf.executing_eagerly() and not _higher_order_tape(
-                ([inputs, z0], self.cell.trainable_variables)):
+                ([inputs, z0], self.cell.trainable_variables)) and not watched_forward(
+                    tf.nest.flatten(inputs) + list(self.cell.variables)):
+            # (a forward-mode accumulator goes to the plain solve, which says what it supports)
             z, info = self._compiled_solve(initial_state is not None, record)(inputs, z0)
             report_failure(info, self.on_failure)
             return z, info
