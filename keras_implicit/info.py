@@ -24,7 +24,8 @@ class SolverInfo(NamedTuple):
     Attributes:
         iterations: int32 scalar, the number of iterations taken (function
             evaluations for the generic solvers).
-        residual: float, shape `[batch]`, the residual of the returned iterate of
+        residual: float (float32 for a float16 or bfloat16 state, whose squares
+            would underflow or overflow), shape `[batch]`, the residual of the returned iterate of
             each sample (absolute or relative according to `stop_mode`).
         converged: bool, shape `[batch]`, whether each sample met `tol`.
         trace: float, shape `[min(max_iter, 10000)]`, the largest finite

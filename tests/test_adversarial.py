@@ -276,3 +276,17 @@ def test_forward_mode_through_the_implicit_backward_raises_instead_of_returning_
     s = 1 - np.tanh(z.numpy() @ w.numpy() + x.numpy()) ** 2  # row form: dz = (dz W + v) diag(s)
     expected = (v.numpy() * s) @ np.linalg.inv(np.eye(2) - w.numpy() * s)
     np.testing.assert_allclose(jvp(x, "unrolled").numpy(), expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_half_precision_residuals_neither_underflow_nor_overflow(dtype):
+    # float16 squares: a residual of 1.2e-4 read as 0 (reported converged at tol 1e-4),
+    # and a fixed point at 600 read as Inf (600^2 > 65504: reported NON_FINITE)
+    z, info = ki.solvers.solve(lambda z: z + tf.constant(1.2e-4, dtype), tf.zeros([2, 1], dtype),
+                               ki.solvers.FixedPointIteration(), tol=1e-4, max_iter=5)
+    assert info.residual.dtype == tf.float32 and not info.converged.numpy().any()
+    assert int(info.status) == ki.MAX_ITER_REACHED
+    z, info = ki.fixed_point(lambda z: 0.5 * z + tf.constant(300.0, dtype), tf.zeros([2, 1], dtype),
+                             solver="fixed_point", tol=1.0, max_iter=100)
+    assert int(info.status) == ki.CONVERGED
+    np.testing.assert_allclose(z.numpy().astype("float32"), 600.0, rtol=1e-2)

@@ -9,7 +9,7 @@ from keras_implicit import solvers as solvers_lib
 from keras_implicit.solvers.spec import SolveSpec
 from keras_implicit.fixed_point import check_on_failure, fixed_point, report_failure, watched_forward
 from keras_implicit.info import SolverInfo
-from keras_implicit.solvers.base import TRACE_LENGTH, check_tol_and_max_iter
+from keras_implicit.solvers.base import TRACE_LENGTH, bookkeeping_dtype, check_tol_and_max_iter
 
 
 def _is_shape(size):
@@ -104,7 +104,9 @@ def _build_cell(cell, x_shape, state_shape):
 
 
 def _info_spec(batch, max_iter, dtype, blocks=1):
-    """Symbolic `SolverInfo` for Keras' functional API."""
+    """Symbolic `SolverInfo` for Keras' functional API (residuals in the solve's
+    bookkeeping dtype: float32 for half precision)."""
+    dtype = bookkeeping_dtype(dtype).name
     return SolverInfo(
         iterations=keras.KerasTensor((), dtype="int32"),
         residual=keras.KerasTensor((batch,), dtype=dtype),

@@ -102,8 +102,20 @@ def row_sum(t):
     return tf.reshape(out, tf.concat([tf.shape(t)[:-1], [1]], axis=0))
 
 
-def _sq_norm(x):
-    """Per-sample squared 2-norm, shape `[batch, 1]`."""
+def bookkeeping_dtype(dtype):
+    """The dtype of a solve's residuals, tolerance and trace: float32 for half
+    precision states (float16 squares underflow below 6e-8 and overflow above
+    65504: a residual of 1.2e-4 read as 0, a fixed point at 600 as Inf), the
+    state's own dtype otherwise."""
+    dtype = tf.as_dtype(dtype)
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def _sq_norm(x, dtype=None):
+    """Per-sample squared 2-norm, shape `[batch, 1]`, computed in `dtype`
+    (default: `x`'s)."""
+    if dtype is not None and x.dtype != dtype:
+        x = tf.cast(x, dtype)
     return row_sum(tf.square(x))
 
 
@@ -164,21 +176,22 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     F = problem.form(solver, z0)
     z0_flat = F.start(z0)
     dtype = z0_flat.dtype
+    acc = bookkeeping_dtype(dtype)  # residuals, tolerance, trace
     max_iter = int(max_iter)
     # The loop compares squared quantities ("rel_sq" is squared already).
     squared = stop_mode != "rel_sq"
     # (capped at the dtype's largest value: a tol whose square overflows must not
     # accept an infinite residual)
-    largest = float(np.finfo(dtype.as_numpy_dtype).max)
-    tol_sq = tf.constant(min(float(tol) ** 2 if squared else float(tol), largest), dtype)
+    largest = float(np.finfo(acc.as_numpy_dtype).max)
+    tol_sq = tf.constant(min(float(tol) ** 2 if squared else float(tol), largest), acc)
     # Per-block squared residuals: tracked apart only when they differ from
     # the stopping residual (several blocks, or a relative stop mode).
     blocks = F.block_sizes
     track_blocks = len(blocks) > 1 or stop_mode != "abs"
-    block_matrix = _block_matrix(blocks, dtype) if len(blocks) > 1 else None
+    block_matrix = _block_matrix(blocks, acc) if len(blocks) > 1 else None
 
     batch = tf.shape(z0_flat)[0]
-    inf = tf.fill(tf.stack([batch, 1]), tf.constant(float("inf"), dtype))
+    inf = tf.fill(tf.stack([batch, 1]), tf.constant(float("inf"), acc))
     state0 = solver.init(F, z0_flat)
     # The residuals steer the loop and never carry gradients; the stop is
     # only needed where a tape could record the loop (the Unrolled mode).
@@ -186,15 +199,15 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
 
     def block_sq(diff):
         if block_matrix is None:
-            return _sq_norm(diff)
-        return tf.matmul(tf.square(diff), block_matrix)
+            return _sq_norm(diff, acc)
+        return tf.matmul(tf.square(tf.cast(diff, acc)), block_matrix)
 
     def measure(diff, ref, cand):
-        res = _sq_norm(diff)
+        res = _sq_norm(diff, acc)
         if stop_mode == "rel":
-            res = res / tf.square(tf.sqrt(_sq_norm(ref)) + REL_EPS)
+            res = res / tf.square(tf.sqrt(_sq_norm(ref, acc)) + REL_EPS)
         elif stop_mode == "rel_sq":
-            res = res / (REL_EPS + _sq_norm(cand))
+            res = res / (REL_EPS + _sq_norm(cand, acc))
         return stop(res)
 
     def cond(k, z, state, best_z, best_res, best_blocks, ok, trace):
@@ -233,8 +246,8 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
         state0,
         z0_flat,
         inf,
-        tf.fill(tf.stack([batch, len(blocks)]), tf.constant(float("inf"), dtype)) if track_blocks
-        else tf.zeros([0], dtype),
+        tf.fill(tf.stack([batch, len(blocks)]), tf.constant(float("inf"), acc)) if track_blocks
+        else tf.zeros([0], acc),
         tf.ones(tf.stack([batch, 1]), tf.bool),
     )
 
@@ -246,8 +259,8 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     bounded_writes = not eager and max_iter > trace_length
 
     def run_loop(*flat_vars):
-        trace = (tf.TensorArray(dtype, size=0, dynamic_size=True, element_shape=[]) if eager
-                 else tf.TensorArray(dtype, size=trace_length, element_shape=[]))
+        trace = (tf.TensorArray(acc, size=0, dynamic_size=True, element_shape=[]) if eager
+                 else tf.TensorArray(acc, size=trace_length, element_shape=[]))
         out = tf.while_loop(
             cond,
             body,
@@ -281,8 +294,8 @@ def solve(problem, z0, solver, tol=1e-4, max_iter=50, stop_mode="abs", parallel_
     # A sample whose iteration produced NaN/Inf before converging reports an infinite
     # residual (its returned iterate is the last finite one; `fixed_point` turns it
     # into NaN so that training on it shows in the loss).
-    best_res = tf.where(bad, tf.constant(float("inf"), dtype), best_res)
-    best_blocks = tf.where(bad[:, None], tf.constant(float("inf"), dtype), best_blocks)
+    best_res = tf.where(bad, tf.constant(float("inf"), acc), best_res)
+    best_blocks = tf.where(bad[:, None], tf.constant(float("inf"), acc), best_blocks)
     status = tf.where(
         tf.reduce_any(bad),
         info_lib.NON_FINITE,
