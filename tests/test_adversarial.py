@@ -1,6 +1,7 @@
 """What an adversarial user tried (issue "Never silent, never wrong"): each case
 failed on an earlier main and must keep passing."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -278,6 +279,55 @@ def test_forward_mode_through_the_implicit_backward_raises_instead_of_returning_
     np.testing.assert_allclose(jvp(x, "unrolled").numpy(), expected, rtol=1e-8)
 
 
+class _FrozenCell(keras.layers.Layer):
+    """`tanh(z W + x u)` with a non-trainable `W` (a frozen or buffered weight)."""
+
+    def __init__(self):
+        super().__init__(dtype="float64", name="frozen_cell")
+        self.state_size = 3
+
+    def build(self, z_shape, x_shape):
+        self.w = self.add_weight(shape=(3, 3), initializer=keras.initializers.RandomNormal(0, 0.3, seed=1),
+                                 trainable=False, name="w")
+        self.u = self.add_weight(shape=(3,), initializer="ones", name="u")
+
+    def call(self, z, x):
+        return tf.tanh(tf.matmul(z, self.w) + x * self.u)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_watched_non_trainable_variable_gets_its_implicit_gradient(graph):
+    # tf.custom_gradient hands the implicit rule only the trainable variables a map reads:
+    # a non-trainable one watched by the tape got None (unrolled gave the value)
+    x = tf.constant(np.random.default_rng(0).uniform(size=(2, 3)))
+    grads = {}
+    for mode in ("implicit", "unrolled"):
+        layer = ki.layers.ForwardFPI(_FrozenCell(), backward=mode, tol=1e-13, max_iter=300, dtype="float64")
+        layer(x)
+        w = layer.cell.w.value
+
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                loss = tf.reduce_sum(layer(x) ** 2)
+            return tape.gradient(loss, w)
+
+        grads[mode] = (tf.function(run)() if graph else run()).numpy()
+    # and central finite differences of the implicit layer's loss
+    w0, eps, fd = w.numpy(), 1e-6, np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            vals = []
+            for sign in (1, -1):
+                w.assign(w0 + sign * eps * np.eye(3)[i][:, None] * np.eye(3)[j][None, :])
+                vals.append(float(tf.reduce_sum(layer(x) ** 2)))
+            fd[i, j] = (vals[0] - vals[1]) / (2 * eps)
+    w.assign(w0)
+    np.testing.assert_allclose(grads["implicit"], grads["unrolled"], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(grads["implicit"], fd, rtol=1e-6, atol=1e-9)
+    assert np.abs(grads["implicit"]).max() > 1e-3
+
+
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
 def test_half_precision_residuals_neither_underflow_nor_overflow(dtype):
     # float16 squares: a residual of 1.2e-4 read as 0 (reported converged at tol 1e-4),
@@ -289,4 +339,22 @@ def test_half_precision_residuals_neither_underflow_nor_overflow(dtype):
     z, info = ki.fixed_point(lambda z: 0.5 * z + tf.constant(300.0, dtype), tf.zeros([2, 1], dtype),
                              solver="fixed_point", tol=1.0, max_iter=100)
     assert int(info.status) == ki.CONVERGED
+    np.testing.assert_allclose(z.numpy().astype("float32"), 600.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_accelerated_solvers_work_in_float32_on_half_precision_states(solver, dtype):
+    # Anderson's Gram matrix <r_i, r_j> and Broyden's secant products of residuals near
+    # 300 overflow float16 (65504): both fell back to plain iteration (10 iterations
+    # for this linear map instead of 2-3). Their arithmetic runs in float32; the map in half.
+    seen = []
+
+    def f(z):
+        seen.append(z.dtype)
+        return 0.5 * z + tf.constant(300.0, dtype)
+
+    z, info = ki.fixed_point(f, tf.zeros([3, 4], dtype), solver=solver, tol=1.0, max_iter=50)
+    assert z.dtype == dtype and set(seen) == {dtype}
+    assert int(info.status) == ki.CONVERGED and int(info.iterations) <= 4, int(info.iterations)
     np.testing.assert_allclose(z.numpy().astype("float32"), 600.0, rtol=1e-2)

@@ -1,6 +1,8 @@
 """Implicit differentiation (implicit function theorem) of a fixed point."""
 
+import keras
 import tensorflow as tf
+from tensorflow.python.eager import tape as tape_lib  # (how a read reaches custom_gradient)
 
 from keras_implicit import info as info_lib
 from keras_implicit import solvers as solvers_lib
@@ -42,6 +44,19 @@ def _no_second_order(t):
         return None
     return tf.raw_ops.PreventGradient(
         input=t, message="second derivatives of an exported equilibrium layer are not saved")
+
+
+def _announce_non_trainable(problem):
+    """Lets `tf.custom_gradient` see the float non-trainable variables of a
+    Keras layer map: it hands `grad_fn` only the trainable variables `f`
+    reads, so a non-trainable one that a tape watches (`tape.watch`) would get
+    `None` where unrolled autodiff and finite differences give a value. Their
+    gradients then come from the same adjoint as the others'."""
+    layer = getattr(problem, "f", None)
+    for v in getattr(layer, "non_trainable_variables", ()) if isinstance(layer, keras.layers.Layer) else ():
+        v = getattr(v, "_value", v)  # the tf.Variable behind a Keras variable
+        if v.dtype.is_floating:
+            tape_lib.variable_accessed(v)
 
 
 def _is_float(t):
@@ -253,6 +268,7 @@ def _implicit_op(problem, z0, args, spec, adjoint_spec, callback):
     def op(*flat):
         a = tf.nest.pack_sequence_as(args, list(flat))
         bound = problem.bind(*a)
+        _announce_non_trainable(problem)
         if spec is None:
             # Let custom_gradient see which variables f reads.
             with stop_recording():

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit.layers.precision import float32_under_half
 from keras_implicit.operators import circular_conv, circular_conv_transpose
 from keras_implicit import validation
 
@@ -54,6 +55,12 @@ class _ExplicitLayer(keras.layers.Layer):
     """Base of the explicit 1-Lipschitz layers (dense ones act on `[batch, n]`)."""
 
     lipschitz = 1.0
+
+    def __init__(self, **kwargs):
+        # The parameterization (SVD, Cayley inverse, scales) and the bound it
+        # proves are computed in float32 under a mixed-precision policy.
+        kwargs["dtype"] = float32_under_half(True, kwargs.get("dtype"))
+        super().__init__(**kwargs)
 
     def build(self, input_shape):
         self.input_dim = int(np.prod(input_shape[1:]))  # flattened, as to_lben sees it

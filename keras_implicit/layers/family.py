@@ -1,6 +1,7 @@
 """The base of the model-family layers: a `ForwardFPI` that builds its own cell."""
 
 from keras_implicit.layers.fpi import ForwardFPI
+from keras_implicit.layers.precision import float32_under_half
 
 
 class EquilibriumFamily(ForwardFPI):
@@ -14,6 +15,13 @@ class EquilibriumFamily(ForwardFPI):
     solve settings (no nested `cell`), so `cls(**config)` rebuilds the layer
     and a tuner can set every argument.
 
+    Under a mixed-precision policy (`mixed_float16`, `mixed_bfloat16`) a
+    family whose cell sets `needs_float32 = True` computes in float32: its
+    dtype policy is `"float32"` and its output float32 (Keras' advice for
+    numerically sensitive layers); the layers around it keep the mixed
+    policy. The others compute in the policy's half precision, with the
+    solver's residuals and Anderson's least squares in float32.
+
     Args:
         cell_arguments: dict of the cell's constructor arguments.
         **kwargs: `ForwardFPI`'s solve settings and Keras layer arguments.
@@ -24,6 +32,7 @@ class EquilibriumFamily(ForwardFPI):
 
     def __init__(self, cell_arguments, **kwargs):
         kwargs.pop("cell", None)  # a config's own entry: the cell is rebuilt here
+        kwargs["dtype"] = float32_under_half(getattr(self.cell_class, "needs_float32", False), kwargs.get("dtype"))
         cell = self.cell_class(**cell_arguments, name=self.cell_name, dtype=kwargs.get("dtype"))
         super().__init__(cell, **kwargs)
         self.cell_arguments = tuple(cell_arguments)

@@ -127,6 +127,12 @@ except ImportError:  # pragma: no cover
 _PROBE = None
 
 
+def tf_variable(variable):
+    """The `tf.Variable` behind a Keras variable (`.value` is a cast copy
+    inside a mixed-precision layer's call)."""
+    return getattr(variable, "_value", variable)
+
+
 def _higher_order_tape(nested):
     """Whether nested tapes watch these tensors (a second derivative may be taken).
 
@@ -143,8 +149,7 @@ def _higher_order_tape(nested):
             _PROBE = tf.Variable(0.0, trainable=True, name="keras_implicit_tape_probe")
     _PROBE.read_value()
     leaves = [t for t in tf.nest.flatten(tensors) if isinstance(t, tf.Tensor)]
-    # `_value`: the tf.Variable itself (`value` is a cast copy under mixed precision)
-    leaves += [getattr(v, "_value", v).handle for v in variables] + [_PROBE.handle]
+    leaves += [tf_variable(v).handle for v in variables] + [_PROBE.handle]
     return _gradient_types(leaves) == 2
 
 
@@ -221,6 +226,11 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
     Solver statistics are tracked as metrics and appear in `model.fit` logs:
     `<name>_fwd_iters`, `<name>_fwd_res` (mean final residual) and, with the
     implicit backward, `<name>_bwd_iters`. They never enter the loss.
+
+    Under a mixed-precision policy the cell computes in half precision and
+    the solver's arithmetic (iterates, least squares, residuals) in float32;
+    a half-precision cell's residual bottoms out near 1e-3 |z| (float16) or
+    1e-2 |z| (bfloat16): use `stop_mode="rel"` with `tol=1e-2` there.
 
     Args:
         cell: a Keras layer with `call(z, x)` returning the next state and a
@@ -327,9 +337,10 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         for m, value in ((self.bwd_iters_metric, tf.cast(info.iterations, "float32")),
                          (self.bwd_res_metric, tf.reduce_mean(tf.cast(info.residual, "float32")))):
             m.measured = True
-            # `.value` is the tf.Variable; its assign (unlike Keras') returns the op.
-            ops += [m.total.value.assign_add(tf.cast(value, m.total.dtype), read_value=False),
-                    m.count.value.assign_add(tf.ones([], m.count.dtype), read_value=False)]
+            # (the tf.Variable's assign, unlike Keras', returns the op)
+            total, count = tf_variable(m.total), tf_variable(m.count)
+            ops += [total.assign_add(tf.cast(value, total.dtype), read_value=False),
+                    count.assign_add(tf.ones([], count.dtype), read_value=False)]
         return [op for op in ops if op is not None]
 
     def initial_state(self, inputs):

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keras_implicit.autodiff import GradientOf
 from keras_implicit.layers.family import EquilibriumFamily
+from keras_implicit.layers.precision import float32_under_half
 from keras_implicit import validation
 
 
@@ -116,6 +117,10 @@ class EnergyDescentCell(keras.layers.Layer):
         step_size: `eta > 0`, default 1.0.
         hidden: width of the default energy.
     """
+
+    # Its step is a gradient of the energy: in half precision the descent
+    # stalls far from the fixed point (outputs 0.2-0.9 off float32's).
+    needs_float32 = True
 
     def __init__(self, units, energy=None, step_size=1.0, hidden=128, **kwargs):
         super().__init__(**kwargs)
@@ -232,8 +237,9 @@ class FPIGradientDescent(EquilibriumFamily):
 
     def __init__(self, units, energy=None, hidden=128, step_size=1.0, l2=0.0, output_activation="sigmoid",
                  solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel", **kwargs):
-        if energy is None:
-            energy = ReLUEnergy(hidden, l2=l2, name="energy", dtype=kwargs.get("dtype"))
+        if energy is None:  # in the layer's dtype (float32 under a mixed policy)
+            kwargs["dtype"] = float32_under_half(EnergyDescentCell.needs_float32, kwargs.get("dtype"))
+            energy = ReLUEnergy(hidden, l2=l2, name="energy", dtype=kwargs["dtype"])
         super().__init__(dict(units=units, energy=energy, step_size=step_size, hidden=hidden), solver=solver,
                          tol=tol, max_iter=max_iter, stop_mode=stop_mode, **kwargs)
         self.output_activation = keras.activations.get(output_activation)

@@ -37,6 +37,10 @@ class OperatorCell(keras.layers.Layer):
         kernel_initializer, bias_initializer: for the cell's weights.
     """
 
+    # Its resolvents (matrix inverses, FFTs) and norms need float32 under a
+    # mixed-precision policy (see `EquilibriumFamily`).
+    needs_float32 = True
+
     def __init__(self, units, activation="relu", kernel_initializer=LINEAR_INIT,
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)

@@ -43,6 +43,8 @@ class LinearCell(keras.layers.Layer):
         bias_initializer: for `c`, default "zeros".
     """
 
+    needs_float32 = True  # its exact solve (`tf.linalg.solve`) has no half-precision kernel
+
     def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", recurrent_initializer="zeros",
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
@@ -74,7 +76,7 @@ class LinearCell(keras.layers.Layer):
         """`{"spectral_radius": rho(A), "min_singular_value": sigma_min(I - A)}`
         (numpy floats): the equilibrium exists and is unique iff the second is
         positive; plain iteration converges iff the first is below 1."""
-        a = np.asarray(keras.ops.convert_to_numpy(self.recurrent_kernel), dtype="float64")
+        a = tf.convert_to_tensor(self.recurrent_kernel).numpy().astype("float64")
         return {"spectral_radius": float(np.max(np.abs(np.linalg.eigvals(a)))),
                 "min_singular_value": float(np.linalg.svd(np.eye(len(a)) - a, compute_uv=False)[-1])}
 

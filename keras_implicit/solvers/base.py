@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras_implicit import config
 from keras_implicit import info as info_lib
 from keras_implicit.registry import Configurable
-from keras_implicit.solvers.problem import BoundProblem
+from keras_implicit.solvers.problem import BoundProblem, bookkeeping_dtype  # noqa: F401 (re-exported)
 from keras_implicit import validation
 
 try:  # a tape watching the loop (Unrolled) needs the residuals cut off
@@ -100,15 +100,6 @@ def row_sum(t):
         return tf.matmul(t, ones)
     out = tf.matmul(tf.reshape(t, [-1, n]), ones)
     return tf.reshape(out, tf.concat([tf.shape(t)[:-1], [1]], axis=0))
-
-
-def bookkeeping_dtype(dtype):
-    """The dtype of a solve's residuals, tolerance and trace: float32 for half
-    precision states (float16 squares underflow below 6e-8 and overflow above
-    65504: a residual of 1.2e-4 read as 0, a fixed point at 600 as Inf), the
-    state's own dtype otherwise."""
-    dtype = tf.as_dtype(dtype)
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
 def _sq_norm(x, dtype=None):

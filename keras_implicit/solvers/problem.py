@@ -21,6 +21,19 @@ which solver ran.
 
 import tensorflow as tf
 
+
+def bookkeeping_dtype(dtype):
+    """The dtype a solver works in: float32 for half-precision states (float16
+    squares underflow below 6e-8 and overflow above 65504: a residual of
+    1.2e-4 read as 0, a fixed point at 600 as Inf; Anderson's Gram matrix and
+    Broyden's secant products overflow alike), the state's own dtype
+    otherwise. A map's flat state, and so every solver's history, residuals,
+    tolerance and trace, is kept in it; the map itself is evaluated in the
+    state's dtype."""
+    dtype = tf.as_dtype(dtype)
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
 REQUIREMENTS = ("map", "splitting")
 
 
@@ -90,7 +103,11 @@ class Packer:
 
 
 class MapForm:
-    """What a `requires = "map"` solver gets: `F(z) = f(z)` on flat states."""
+    """What a `requires = "map"` solver gets: `F(z) = f(z)` on flat states.
+
+    The flat state is in `bookkeeping_dtype` of the state's dtype (float32
+    for a half-precision state): the solver's arithmetic runs there, the map
+    `f` in the state's own dtype (casts at each evaluation)."""
 
     requires = "map"
 
@@ -99,17 +116,21 @@ class MapForm:
         self._fn = fn
         self._anchor = anchor
         self.block_sizes = self.packer.sizes
+        self.flat_dtype = bookkeeping_dtype(self.packer.dtype)
+
+    def _lift(self, flat):
+        return tf.cast(flat, self.flat_dtype)
 
     def __call__(self, z_flat):
-        out = self._fn(self.packer.unpack(z_flat))
+        out = self._fn(self.finish(z_flat))
         self.packer.check(out)
-        return self.packer.pack(out)
+        return self._lift(self.packer.pack(out))
 
     def start(self, z0):
-        return self.packer.pack(z0)
+        return self._lift(self.packer.pack(z0))
 
     def finish(self, z_flat):
-        return self.packer.unpack(z_flat)
+        return self.packer.unpack(tf.cast(z_flat, self.packer.dtype))
 
     def anchor(self):
         """The problem's anchor point (flat), for anchored solvers (`Halpern`)."""
@@ -119,7 +140,7 @@ class MapForm:
                 "Halpern(anchor='initial') to anchor at the initial iterate. "
                 "Received: anchor='problem'"
             )
-        return self.packer.pack(self._anchor())
+        return self._lift(self.packer.pack(self._anchor()))
 
 
 class Splitting:
