@@ -56,11 +56,12 @@ def test_halpern_problem_anchor_differs_from_the_start():
     problem = solvers.Problem(lambda z, anchor: tf.matmul(z, t, transpose_b=True),
                               anchor=lambda anchor: anchor).bind(a)
     z0 = tf.constant(np.random.default_rng(4).standard_normal((2, 4)))
-    z, _ = _run_compiled(problem, z0, solvers.Halpern(anchor="problem"), 2_000_000)
-    np.testing.assert_allclose(z.numpy(), a.numpy() @ p.T, atol=1e-6)
+    # (Halpern's error here is about 2 / k: 1.0e-5 after 2e5 iterations, 1.0e-6 after 2e6)
+    z, _ = _run_compiled(problem, z0, solvers.Halpern(anchor="problem"), 200_000)
+    np.testing.assert_allclose(z.numpy(), a.numpy() @ p.T, atol=2e-5)
     # anchored at the start instead, it finds the fixed point nearest z0, another one
-    z_start, _ = _run_compiled(problem, z0, solvers.Halpern(), 2_000_000)
-    np.testing.assert_allclose(z_start.numpy(), z0.numpy() @ p.T, atol=1e-6)
+    z_start, _ = _run_compiled(problem, z0, solvers.Halpern(), 200_000)
+    np.testing.assert_allclose(z_start.numpy(), z0.numpy() @ p.T, atol=2e-5)
     assert np.abs(z_start.numpy() - z.numpy()).max() > 0.1
     with pytest.raises(ValueError, match="no anchor.*Received: anchor='problem'"):
         solvers.solve(lambda z: z, z0, solvers.Halpern(anchor="problem"))
