@@ -23,6 +23,12 @@ import tensorflow as tf
 
 import contextlib
 
+
+def tf_variable(variable):
+    """The `tf.Variable` behind a Keras variable (what tapes watch; its
+    `.value` is a cast copy inside a mixed-precision layer's call)."""
+    return getattr(variable, "_value", variable)
+
 try:
     from tensorflow.python import pywrap_tfe
 

@@ -5,6 +5,7 @@ import tensorflow as tf
 from tensorflow.python.eager import tape as tape_lib  # (how a read reaches custom_gradient)
 
 from keras_implicit import info as info_lib
+from keras_implicit.autodiff import tf_variable
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.backward.base import BackwardMode
 from keras_implicit.solvers.base import check_tol_and_max_iter
@@ -54,7 +55,7 @@ def _announce_non_trainable(problem):
     gradients then come from the same adjoint as the others'."""
     layer = getattr(problem, "f", None)
     for v in getattr(layer, "non_trainable_variables", ()) if isinstance(layer, keras.layers.Layer) else ():
-        v = getattr(v, "_value", v)  # the tf.Variable behind a Keras variable
+        v = tf_variable(v)
         if v.dtype.is_floating:
             tape_lib.variable_accessed(v)
 

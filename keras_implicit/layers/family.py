@@ -20,7 +20,7 @@ class EquilibriumFamily(ForwardFPI):
     dtype policy is `"float32"` and its output float32 (Keras' advice for
     numerically sensitive layers); the layers around it keep the mixed
     policy. The others compute in the policy's half precision, with the
-    solver's residuals and Anderson's least squares in float32.
+    solver's arithmetic (iterates, least squares, residuals) in float32.
 
     Args:
         cell_arguments: dict of the cell's constructor arguments.

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_implicit import config
+from keras_implicit.autodiff import tf_variable
 from keras_implicit import backward as backward_lib
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.solvers.spec import SolveSpec
@@ -125,12 +126,6 @@ except ImportError:  # pragma: no cover
 
 
 _PROBE = None
-
-
-def tf_variable(variable):
-    """The `tf.Variable` behind a Keras variable (`.value` is a cast copy
-    inside a mixed-precision layer's call)."""
-    return getattr(variable, "_value", variable)
 
 
 def _higher_order_tape(nested):
