@@ -115,26 +115,27 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "fpi_denoising.json"), "w") as fh:
         json.dump({"epochs": args.epochs, "seed": args.seed, "results": results}, fh, indent=2)
-    grid(shown[0.4], os.path.join(OUT, "fpi_denoising.png"))
+    rows = {name: shown[0.4][name] for name in ("noisy", "FPI_GD", "FPI_NN", "MLP", "clean")}
+    grid(rows, os.path.join(OUT, "fpi_denoising.png"), "digits denoising, sigma = 0.4 (test images)")
 
 
-def grid(images, path):
+def grid(rows, path, title, label_size=8):
+    """One row of 8 digit images per entry of `rows` (name -> `[n, 64]` images in [0, 1])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ["noisy", "FPI_GD", "FPI_NN", "MLP", "clean"]
     fig, axes = plt.subplots(len(rows), 8, figsize=(8, len(rows) * 1.1))
-    for r, name in enumerate(rows):
+    for r, (name, images) in enumerate(rows.items()):
         for c in range(8):
             ax = axes[r, c]
-            ax.imshow(np.clip(images[name][c].reshape(8, 8), 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.clip(images[c].reshape(8, 8), 0, 1), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-    fig.suptitle("digits denoising, sigma = 0.4 (test images)", fontsize=9)
+                ax.set_ylabel(name, fontsize=label_size)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

@@ -60,6 +60,11 @@ from keras_implicit import fixed_point, jiio  # noqa: E402
 from keras_implicit.datasets import load_digits  # noqa: E402
 from keras_implicit.layers import DenseCell, ForwardFPI, InputOptimization  # noqa: E402
 
+try:  # the shared digit-grid figure and PSNR
+    from fpi_denoising import grid, psnr
+except ImportError:  # run from the repository root
+    from examples.fpi_denoising import grid, psnr
+
 OUT = os.path.join(os.path.dirname(__file__), "output")
 LATENT, HIDDEN, LAM = 10, 100, 0.01
 SLACK = 1e-3
@@ -69,12 +74,6 @@ SLACK = 1e-3
 JIIO_STEPS = {"alpha_x": 0.05, "alpha_z": 1.0, "alpha_mu": 1.0}
 NESTED_STEPS = (0.1, 0.3, 0.5)
 ATTACK_STEPS = {"alpha_x": 1.0, "alpha_z": 1.0, "alpha_mu": 1.0}
-
-
-def psnr(clean, estimate):
-    """Mean over images of 10 log10(1 / MSE) (pixel range [0, 1])."""
-    mse = np.mean((clean - estimate) ** 2, axis=1)
-    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
 
 
 # ----------------------------------------------------------------------------------------
@@ -393,27 +392,6 @@ def adversarial(args, x_tr, y_tr, x_te, y_te):
     return results
 
 
-def grid(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), 8, figsize=(8.4, len(rows) * 1.1))
-    for r, (name, images) in enumerate(rows.items()):
-        for c in range(8):
-            ax = axes[r, c]
-            ax.imshow(np.clip(images[c].reshape(8, 8), 0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=6)
-    fig.suptitle("JIIO with a DEQ decoder on digits (test images)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
@@ -429,7 +407,8 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "jiio_digits.json"), "w") as fh:
         json.dump({"args": vars(args), "generative": gen, "inverse": inv, "adversarial": adv}, fh, indent=2)
-    grid({**shown, **shown_inv}, os.path.join(OUT, "jiio_digits.png"))
+    grid({**shown, **shown_inv}, os.path.join(OUT, "jiio_digits.png"),
+         "JIIO with a DEQ decoder on digits (test images)", label_size=6)
 
 
 if __name__ == "__main__":
