@@ -11,6 +11,7 @@ SOLVERS = {
     "fixed_point_damped": solvers.FixedPointIteration(damping=0.7),
     "anderson": solvers.Anderson(),
     "anderson_damped": solvers.Anderson(memory=3, damping=0.8),
+    "anderson_linalg_solve": solvers.Anderson(memory=8, unrolled_solve=False),
     "broyden": solvers.Broyden(),
 }
 
@@ -123,13 +124,26 @@ def test_anderson_survives_degenerate_history():
     assert int(info.status) == ki.CONVERGED
 
 
+@pytest.mark.parametrize("memory", [3, 8, 10])
+def test_anderson_small_solve_by_elimination_or_linalg_gives_the_same_iterates(memory):
+    f, z0, args, _ = problems.CATALOGUE["network"]()
+    runs = [solvers.solve(lambda z: f(z, *args), z0, solvers.Anderson(memory=memory, unrolled_solve=u),
+                          tol=1e-12, max_iter=200) for u in (True, False)]
+    (za, ia), (zb, ib) = runs
+    assert int(ia.iterations) == int(ib.iterations) > memory
+    np.testing.assert_allclose(za.numpy(), zb.numpy(), atol=1e-13)
+    np.testing.assert_allclose(ia.trace.numpy(), ib.trace.numpy(), rtol=1e-6, atol=1e-11)  # near 1e-13 the Gram matrix is ill-conditioned
+    with pytest.raises(ValueError, match="unrolled_solve=1"):
+        solvers.Anderson(unrolled_solve=1)
+
+
 def test_registry_round_trip():
     for name in ("fixed_point", "anderson", "broyden"):
         s = solvers.get(name)
         assert s.name == name
         assert solvers.deserialize(solvers.serialize(s)) == s
-    s = solvers.Anderson(memory=7, ridge=1e-3, damping=0.5)
-    assert solvers.get(solvers.serialize(s)) == s
+    for s in (solvers.Anderson(memory=7, ridge=1e-3, damping=0.5), solvers.Anderson(unrolled_solve=False)):
+        assert solvers.get(solvers.serialize(s)) == s
     assert solvers.get(s) is s
 
 

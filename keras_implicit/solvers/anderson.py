@@ -15,16 +15,19 @@ def _tiny(dtype):
     return tf.constant(1e-30 if dtype == tf.float64 else 1e-20, dtype)
 
 
-def _spd_solve_ones(h):
+def _spd_solve_ones(h, unrolled=None):
     """Solves `h s = 1` for a batch of small SPD matrices `h` of shape [b, m, m].
 
-    For small m, Gauss-Jordan elimination on the augmented `[h | 1]`, one
-    whole-matrix update per pivot (no pivoting is needed for SPD matrices):
-    a few elementwise ops per pivot, which XLA fuses into a few kernels
-    (its `solve` on CPU runs a slow expanded loop) and which trace quickly.
+    For small m (`unrolled=None`: m <= 8; `True`/`False` forces the choice),
+    Gauss-Jordan elimination on the augmented `[h | 1]`, one whole-matrix
+    update per pivot (no pivoting is needed for SPD matrices): a few
+    elementwise ops per pivot, which XLA fuses into a few kernels (its
+    `solve` on CPU runs a slow expanded loop) and which trace quickly.
+    Otherwise one `tf.linalg.solve` (float32/float64/complex only), whose
+    gradient graph is much smaller than the unrolled elimination's.
     """
     m = h.shape[-1]
-    if m > _UNROLL_MAX:
+    if not (m <= _UNROLL_MAX if unrolled is None else unrolled):
         # A sample with NaN/Inf in its history (a NaN input) would make the batched
         # solve fail for the whole batch ("Input matrix is not invertible"): it
         # solves with the identity instead (its iterate is discarded anyway).
@@ -65,6 +68,12 @@ class Anderson(Solver):
         memory: int >= 1, history length, default 5.
         ridge: float > 0, relative Tikhonov regularization, default 1e-4.
         damping: float in (0, 1], default 1.0.
+        unrolled_solve: how the small system is solved: `None` (default)
+            unrolled elimination up to memory 8 (fast under XLA), else one
+            `tf.linalg.solve`; `True`/`False` forces either. `False` traces a
+            much smaller graph when the loop itself is differentiated
+            (unrolled backward, second derivatives through a backward pass)
+            and is what the implicit backward's rarely-run fallback uses.
 
     Example:
 
@@ -79,11 +88,14 @@ class Anderson(Solver):
 
     name = "anderson"
 
-    def __init__(self, memory=5, ridge=1e-4, damping=1.0):
+    def __init__(self, memory=5, ridge=1e-4, damping=1.0, unrolled_solve=None):
         self.memory = check_memory(memory)
         validation.number(ridge, "ridge")
         self.ridge = float(ridge)
         self.damping = check_damping(damping)
+        if not any(unrolled_solve is v for v in (None, True, False)):
+            raise ValueError(f"`unrolled_solve` must be None, True or False. Received: unrolled_solve={unrolled_solve!r}")
+        self.unrolled_solve = unrolled_solve
 
     def init(self, F, z):
         m = self.memory
@@ -111,7 +123,7 @@ class Anderson(Solver):
         # Scale-free ridge: normalize by the mean squared residual.
         scale = tf.linalg.trace(gram) / m + _tiny(z.dtype)
         h = gram / scale[:, None, None] + self.ridge * tf.eye(m, dtype=z.dtype)
-        s = _spd_solve_ones(h)
+        s = _spd_solve_ones(h, self.unrolled_solve)
         alpha = s / tf.reduce_sum(s, axis=1, keepdims=True)
         z_next = tf.linalg.matvec(f_hist, alpha, transpose_a=True)
         if self.damping != 1.0:
@@ -122,4 +134,7 @@ class Anderson(Solver):
         return z_next, (f_hist, r_hist, gram), z, r, fz
 
     def get_config(self):
-        return {"memory": self.memory, "ridge": self.ridge, "damping": self.damping}
+        config = {"memory": self.memory, "ridge": self.ridge, "damping": self.damping}
+        if self.unrolled_solve is not None:
+            config["unrolled_solve"] = self.unrolled_solve
+        return config
