@@ -88,7 +88,7 @@ def to_complex(x):
     return tf.complex(x, tf.zeros_like(x))
 
 
-def _scalar(value, dtype):
+def scalar(value, dtype):
     """`value` as a tensor of `dtype`; a Python number goes straight to that dtype
     (tf.cast of a Python float would round it to float32 first)."""
     if isinstance(value, (int, float, complex)):
@@ -138,7 +138,7 @@ class FourierOperator:
 
     def resolvent(self, alpha):
         eye = tf.eye(self.channels, dtype=self.matrices.dtype)
-        a = _scalar(alpha, self.matrices.dtype)
+        a = scalar(alpha, self.matrices.dtype)
         return FourierOperator(tf.linalg.inv(eye + a * (eye - self.matrices)), self.spatial, self.dtype)
 
     def identity_minus_norm(self):
@@ -281,7 +281,7 @@ class MultiTierOperator:
 
     def resolvent(self, alpha):
         """The exact `(I + alpha (I - W))^{-1}` (block forward substitution)."""
-        a = _scalar(alpha, self.m_hat[0].dtype)
+        a = scalar(alpha, self.m_hat[0].dtype)
         s = self.stride[0] * self.stride[1]
         blocks = []
         for i, (h, w, c) in enumerate(self.shapes):
@@ -308,7 +308,7 @@ class MultiTierOperator:
         return self._unalias(x, self.shapes[i][2])
 
     def _resolvent_apply(self, blocks, alpha, z, transpose):
-        a = _scalar(alpha, self.m_hat[0].dtype)
+        a = scalar(alpha, self.m_hat[0].dtype)
         spec = self._split_fft(z)
         n = len(spec)
         x = [None] * n
@@ -403,20 +403,68 @@ def circular_conv_transpose(z, kernel):
     return circular_conv(z, flipped)
 
 
+class LowRankUpdateResolvent:
+    """The resolvent of `W = W_0 - L R^T` (`L`, `R` of shape `[n, p]`, small `p`), by Woodbury.
+
+    With `A = I + alpha (I - W_0)`, whose inverse `base_resolvent` applies
+    (e.g. a `FourierOperator`'s per-frequency blocks),
+
+        (I + alpha (I - W))^-1 = (A + alpha L R^T)^-1 = A^-1 - alpha Y C^-1 Z^T,
+
+    where `Y = A^-1 L`, `Z = A^-T R` and the `p x p` capacitance matrix
+    `C = I + alpha R^T Y`; its transpose is `A^-T - alpha Z C^-T Y^T`.
+    Preparing it costs `2 p` applications of `A^-1` or `A^-T` and holds
+    `Y`, `Z` (`[p, n]`) and `C^-1`: no `n x n` matrix is formed.
+
+    Args:
+        base_resolvent: an operator applying `A^-1` (`multiply`) and
+            `A^-T` (`multiply_transpose`) to rows `[batch, n]`.
+        left, right: `L^T`, `R^T`, shape `[p, n]` (one column of the factor per row).
+        alpha: the resolvent's step.
+    """
+
+    def __init__(self, base_resolvent, left, right, alpha):
+        self.base = base_resolvent
+        self.alpha = scalar(alpha, left.dtype)
+        self.y = base_resolvent.multiply(left)  # rows: (A^-1 L)^T
+        self.z = base_resolvent.multiply_transpose(right)  # rows: (A^-T R)^T
+        p = int(left.shape[0])
+        capacitance = tf.eye(p, dtype=left.dtype) + self.alpha * tf.matmul(right, self.y, transpose_b=True)
+        self.capacitance_inverse = tf.linalg.inv(capacitance)
+
+    @property
+    def size(self):
+        return int(self.y.shape[1])
+
+    def multiply(self, u):
+        correction = tf.matmul(tf.matmul(u, self.z, transpose_b=True), self.capacitance_inverse, transpose_b=True)
+        return self.base.multiply(u) - self.alpha * tf.matmul(correction, self.y)
+
+    def multiply_transpose(self, u):
+        correction = tf.matmul(tf.matmul(u, self.y, transpose_b=True), self.capacitance_inverse)
+        return self.base.multiply_transpose(u) - self.alpha * tf.matmul(correction, self.z)
+
+    def to_dense(self):
+        """The `[n, n]` matrix (tests and small problems only)."""
+        return tf.transpose(self.multiply(tf.eye(self.size, dtype=self.y.dtype)))
+
+
 class FunctionOperator:
     """A linear operator on `[batch, n]` given by its two products (matrix-free).
 
     `multiply(z) = z W^T` and `multiply_transpose(z) = z W` for row vectors.
-    `to_dense` and `resolvent` form the `[n, n]` matrix by applying the
-    operator to the identity (for the modest `n` of small images); the
-    products themselves never do.
+    `resolvent(alpha)` calls the given `resolvent` (a structured one, e.g.
+    a `LowRankUpdateResolvent`) or, without one, forms the `[n, n]` matrix
+    by applying the operator to the identity (for the modest `n` of small
+    images), as `to_dense` does; the products themselves never do.
     """
 
-    def __init__(self, multiply, multiply_transpose, size, dtype):
+    def __init__(self, multiply, multiply_transpose, size, dtype, resolvent=None):
         self._multiply = multiply
         self._multiply_transpose = multiply_transpose
         self._size = int(size)
         self.dtype = tf.as_dtype(dtype)
+        self._resolvent = resolvent
 
     @property
     def size(self):
@@ -436,4 +484,6 @@ class FunctionOperator:
         return DenseOperator(self.to_dense()).identity_minus_norm()
 
     def resolvent(self, alpha):
+        if self._resolvent is not None:
+            return self._resolvent(alpha)
         return DenseOperator(self.to_dense()).resolvent(alpha)
