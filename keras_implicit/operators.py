@@ -256,8 +256,8 @@ class MultiTierOperator:
         eq = "hwco,bhwc->bhwo" if adjoint else "hwoc,bhwc->bhwo"
         return tf.einsum(eq, tf.math.conj(mats) if adjoint else mats, spec)
 
-    def multiply(self, z):
-        spec = self._split_fft(z)
+    def _multiply_spectra(self, spec):
+        """`W` on the tiers' spectra (a list of `[B, H_i, W_i, c_i]`)."""
         out = []
         for i, zi in enumerate(spec):
             o = self._apply(self.m_hat[i], zi)
@@ -266,7 +266,10 @@ class MultiTierOperator:
             if i > 0:
                 o -= 2.0 * self._apply(self.a_hat[i - 1], self._down(i - 1, spec[i - 1]), adjoint=True)
             out.append(o)
-        return self._join_ifft(out)
+        return out
+
+    def multiply(self, z):
+        return self._join_ifft(self._multiply_spectra(self._split_fft(z)))
 
     def multiply_transpose(self, z):
         spec = self._split_fft(z)
@@ -326,10 +329,53 @@ class MultiTierOperator:
                 x[i] = self._solve_block(blocks, i, r, adjoint=True)
         return self._join_ifft(x)
 
+    def _group(self, spec):
+        """The tiers' spectra regrouped by coarsest frequency: `[B, H_L, W_L, N_b]`,
+        tier `i` contributing its `S^(L-1-i) c_i` aliases of each coarsest frequency."""
+        groups = []
+        for i, x in enumerate(spec):
+            for _ in range(len(self.shapes) - 1 - i):
+                x = self._alias(x)
+            groups.append(x)
+        return tf.concat(groups, axis=-1)
+
+    def _ungroup(self, x):
+        s = self.stride[0] * self.stride[1]
+        last = len(self.shapes) - 1
+        widths = [s ** (last - i) * c for i, (_, _, c) in enumerate(self.shapes)]
+        spec = []
+        for i, xi in enumerate(tf.split(x, widths, axis=-1)):
+            for k in reversed(range(last - i)):
+                xi = self._unalias(xi, s ** k * self.shapes[i][2])
+            spec.append(xi)
+        return spec
+
+    def frequency_blocks(self):
+        """`W` as one dense block per coarsest frequency, in unitary Fourier coordinates.
+
+        `W` maps each coarsest frequency's group of aliased frequencies (all
+        tiers) to itself, so in the tiers' Fourier bases, scaled by
+        `1 / sqrt(H_i W_i)` to be unitary and grouped, it is block diagonal:
+        `[H_L, W_L, N_b, N_b]` with `N_b = sum_i S^(L-1-i) c_i`. Found by
+        applying `W` to the `N_b` unit vectors of every group at once.
+        """
+        last = self.shapes[-1]
+        s = self.stride[0] * self.stride[1]
+        scales = np.concatenate([np.full(s ** (len(self.shapes) - 1 - i) * c, float(h * w) ** -0.5)
+                                 for i, (h, w, c) in enumerate(self.shapes)])
+        scale = tf.constant(scales, self.m_hat[0].dtype)  # unitary FFT per tier
+        n_b = int(scale.shape[0])
+        basis = tf.eye(n_b, dtype=self.m_hat[0].dtype)[:, None, None, :] / scale
+        basis = tf.tile(basis, [1, last[0], last[1], 1])  # [N_b, H_L, W_L, N_b]
+        columns = self._group(self._multiply_spectra(self._ungroup(basis))) * scale
+        return tf.transpose(columns, [1, 2, 3, 0])  # [H_L, W_L, out, in]
+
     def identity_minus_norm(self):
-        """`||I - W||_2`, from the dense matrix (for the forward-backward bound; small problems)."""
-        eye = tf.eye(self.size, dtype=self.dtype)
-        return float(tf.linalg.svd(eye - self.to_dense(), compute_uv=False)[0])
+        """`||I - W||_2` (for the forward-backward bound): the largest singular
+        value of `I - W`'s per-frequency blocks (`frequency_blocks`); no `n x n` matrix."""
+        blocks = self.frequency_blocks()
+        eye = tf.eye(int(blocks.shape[-1]), dtype=blocks.dtype)
+        return float(tf.reduce_max(tf.linalg.svd(eye - blocks, compute_uv=False)))
 
     def to_dense(self):
         basis = tf.eye(self.size, dtype=self.dtype)

@@ -368,7 +368,7 @@ def test_conv_bad_input():
 from keras_implicit.layers import MonotoneMultiscale  # noqa: E402
 
 
-def _multiscale_layer(seed=0, m=0.5, stride=2, xshape=(2, 6, 6, 1), **kwargs):
+def _multiscale_layer(seed=0, m=0.5, stride=2, xshape=(2, 10, 10, 1), **kwargs):
     keras.utils.set_random_seed(seed)
     kwargs.setdefault("tol", 1e-12)
     kwargs.setdefault("max_iter", 5000)
@@ -383,7 +383,7 @@ def _multiscale_layer(seed=0, m=0.5, stride=2, xshape=(2, 6, 6, 1), **kwargs):
     return layer
 
 
-@pytest.mark.parametrize("stride,xshape", [(2, (2, 6, 6, 1)), ((1, 2), (2, 1, 6, 1))])
+@pytest.mark.parametrize("stride,xshape", [(2, (2, 10, 10, 1)), ((1, 2), (2, 1, 10, 1))])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_multiscale_operator_is_monotone_with_exact_resolvent(stride, xshape, seed):
     layer = _multiscale_layer(seed=seed, m=0.3, stride=stride, xshape=xshape, padding=(0, 1) if stride != 2 else 1)
@@ -400,22 +400,28 @@ def test_multiscale_operator_is_monotone_with_exact_resolvent(stride, xshape, se
         res = op.resolvent(alpha)
         np.testing.assert_allclose(res.to_dense().numpy(), want, atol=1e-10)
         np.testing.assert_allclose(res.multiply_transpose(tf.constant(y)).numpy(), y @ want, atol=1e-10)
+    # ||I - W|| (the forward-backward bound's) from per-frequency blocks, no n x n matrix
+    blocks = op.frequency_blocks()
+    s = 4 if stride == 2 else 2
+    assert blocks.shape[-2:] == (2 * s * s + 3 * s + 2,) * 2 and blocks.shape[:2] == op.shapes[-1][:2]
+    np.testing.assert_allclose(op.identity_minus_norm(), np.linalg.svd(np.eye(n) - w, compute_uv=False)[0],
+                               rtol=1e-12)
 
 
 def test_multiscale_equilibrium_and_gradients():
-    x = tf.constant(np.random.default_rng(1).standard_normal((2, 6, 6, 1)))
+    x = tf.constant(np.random.default_rng(1).standard_normal((2, 10, 10, 1)))
     zs = []
     for solver, alpha in (("peaceman_rachford", 0.3), ("peaceman_rachford", 3.0), ("forward_backward", None)):
         layer = _multiscale_layer(solver=solver, alpha=alpha or 1.0)
         if solver == "forward_backward":
             layer = _multiscale_layer(solver=solver, alpha=0.9 * layer.forward_backward_bound(), max_iter=20000)
         z, info = layer(x)
-        assert int(info.status) == ki.CONVERGED and z.shape == (2, 2, 2, 2)
+        assert int(info.status) == ki.CONVERGED and z.shape == (2, 3, 3, 2)
         zs.append(z.numpy())
     for z in zs[1:]:
         np.testing.assert_allclose(z, zs[0], atol=1e-8)
     layer = _multiscale_layer()
-    r = tf.constant(np.random.default_rng(2).standard_normal((2, 2, 2, 2)))
+    r = tf.constant(np.random.default_rng(2).standard_normal((2, 3, 3, 2)))
     with tf.GradientTape() as tape:
         tape.watch(x)
         loss = tf.reduce_sum(tf.sin(layer(x)[0]) * r)
@@ -424,18 +430,52 @@ def test_multiscale_equilibrium_and_gradients():
     z_full, _ = layer.solve(x)
     w = layer.implicit_weight().numpy()
     n = w.shape[0]
-    last = 2 * 2 * 2
+    last = 3 * 3 * 2
     dz = np.zeros((2, n))
     dz[:, n - last:] = (np.cos(z_full.numpy()[:, n - last:]) * r.numpy().reshape(2, -1))
     gb = np.zeros(2)
     for i in range(2):
         jac = np.diag(layer.cell.derivative(z_full[i:i + 1]).numpy().reshape(-1))
         c = np.linalg.solve((np.eye(n) - jac @ w).T, dz[i])
-        gb += (jac @ c)[:8 * 8 * 2].reshape(8, 8, 2).sum((0, 1))
+        gb += (jac @ c)[:12 * 12 * 2].reshape(12, 12, 2).sum((0, 1))
     names = [v.name for v in layer.trainable_variables]
     np.testing.assert_allclose(grads[1 + names.index("bias")].numpy(), gb, rtol=1e-7)
     checks.check_variables_fd(layer.trainable_variables, grads[1:],
                               lambda: tf.reduce_sum(tf.sin(layer(x)[0]) * r), np.random.default_rng(6))
+
+
+# tiers 24, 12 and 6 wide: wide enough that no convolution reaches from a tier's
+# last interior column to its first one without wrapping around
+@pytest.mark.parametrize("stride,xshape,padding", [(2, (2, 22, 22, 1), 1), ((1, 2), (2, 1, 22, 1), (0, 1))])
+def test_every_tier_has_a_zero_border_and_no_convolution_wraps_around(stride, xshape, padding):
+    layer = _multiscale_layer(seed=1, stride=stride, xshape=xshape, padding=padding)
+    cell = layer.cell
+    x = tf.constant(np.random.default_rng(2).standard_normal(xshape))
+    z, _ = layer.solve(x)
+    borders = cell.borders
+    assert borders == [cell.padding] * 3  # kernel 3: the radius 1 is the padding here
+    for tier, (bh, bw) in zip(cell.split_tiers(z), borders):
+        t = tier.numpy()
+        assert np.all(t[:, :, :bw] == 0) and np.all(t[:, :, t.shape[2] - bw:] == 0)
+        assert np.all(t[:, :bh] == 0) and np.all(t[:, t.shape[1] - bh:] == 0)
+        assert np.abs(t).max() > 0
+    # A coarse tier's last interior column changed: through a circular convolution
+    # it reaches the first columns (wrapping around); with every border held at zero
+    # no tier's first interior column, nor its left border, sees it.
+    base = cell.split_tiers(cell(z, x))
+    for i in (1, 2):
+        tiers = cell.split_tiers(z)
+        h, w, _ = cell.shapes[i]
+        bh, bw = borders[i]
+        bump = np.zeros(tiers[i].shape)
+        bump[:, bh:h - bh, w - 1 - bw] = 0.5
+        tiers[i] = tiers[i] + bump
+        moved = cell.split_tiers(cell(tf.concat([tf.reshape(t, [2, -1]) for t in tiers], 1), x))
+        changed = max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(moved, base))
+        assert changed > 1e-3  # the perturbation does act
+        for a, b, (_, bw_j) in zip(moved, base, borders):
+            # (up to the FFT's rounding, which mixes every pixel)
+            np.testing.assert_allclose(a.numpy()[:, :, :bw_j + 1], b.numpy()[:, :, :bw_j + 1], atol=1e-12)
 
 
 def test_multiscale_round_trip_and_bad_input(tmp_path):
@@ -453,3 +493,6 @@ def test_multiscale_round_trip_and_bad_input(tmp_path):
         MonotoneMultiscale((2, 2), stride=2, padding=1)(tf.ones([2, 5, 5, 1]))
     with pytest.raises(ValueError, match=r"Received: filters="):
         MonotoneMultiscale(())
+    with pytest.raises(ValueError, match=r"Tier 2 is 2 x 2, and its zero border of \(1, 1\) leaves no pixel inside.*"
+                                         r"Received: x.shape=\(2, 6, 6, 1\)"):
+        MonotoneMultiscale((2, 2, 2), stride=2, padding=1)(tf.ones([2, 6, 6, 1]))

@@ -104,14 +104,15 @@ class _BorderMasked:
     derivative is zero on the border.
     """
 
-    def _set_border_mask(self, h, w, c, rest=None):
-        """Ones inside the `padding` border of an `h x w x c` grid; flat and
-        followed by `rest` ones when `rest` is given."""
-        ph, pw = self.padding
-        mask = np.zeros((h, w, c), "float32")
-        mask[ph:h - ph, pw:w - pw] = 1.0
-        if rest is not None:
-            mask = np.concatenate([mask.reshape(-1), np.ones(rest, "float32")])
+    def _set_border_mask(self, *tiers):
+        """Ones inside the border of each `(h, w, c, (border_h, border_w))`
+        tier: one `[h, w, c]` grid, or the tiers flat and concatenated."""
+        masks = []
+        for h, w, c, (bh, bw) in tiers:
+            mask = np.zeros((h, w, c), "float32")
+            mask[bh:h - bh, bw:w - bw] = 1.0
+            masks.append(mask)
+        mask = masks[0] if len(masks) == 1 else np.concatenate([m.reshape(-1) for m in masks])
         self.border_mask = tf.constant(mask, dtype=self.compute_dtype)
 
     def prox(self, v, alpha):
@@ -154,7 +155,7 @@ class MonotoneConvCell(_BorderMasked, ImageState, MonotoneCell):
         self.kernel = self.add_weight(name="kernel", shape=(kh, kw, x_shape[-1], c), initializer=init)
         self.bias = self.add_weight(name="bias", shape=(c,), initializer=self.bias_initializer)
         self._add_scales()
-        self._set_border_mask(h, w, 1)
+        self._set_border_mask((h, w, 1, self.padding))
 
     def operator(self):
         a = tf.convert_to_tensor(self.A)
@@ -200,6 +201,17 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
         self.padding = validation.int_pair(padding, "padding", _nonnegative, "an int >= 0 or a pair of them")
         self.state_size = None
 
+    @property
+    def borders(self):
+        """The zero border of each tier: `padding` on the first; on the coarser
+        tiers the kernel's radius (or `padding` where smaller), which is what
+        keeps their circular convolutions from wrapping around: with a zero
+        border of the radius r, no interior pixel reads another interior pixel
+        across the edge, not even through `A^T A` (radius 2 r)."""
+        radius = [(k - 1) // 2 for k in self.kernel_size]
+        coarse = tuple(min(p, r) for p, r in zip(self.padding, radius))
+        return [self.padding] + [coarse] * (len(self.filters) - 1)
+
     def tier_shapes(self, x_shape):
         validation.image(x_shape, "MonotoneMultiscale")
         h, w = x_shape[1] + 2 * self.padding[0], x_shape[2] + 2 * self.padding[1]
@@ -213,6 +225,13 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
                 )
             h, w = h // self.stride[0], w // self.stride[1]
             shapes.append((h, w, f))
+        for i, ((h, w, _), (bh, bw)) in enumerate(zip(shapes, self.borders)):
+            if h <= 2 * bh or w <= 2 * bw:
+                raise ValueError(
+                    f"Tier {i} is {h} x {w}, and its zero border of {(bh, bw)} leaves no pixel inside: "
+                    f"use larger images or fewer tiers. Received: x.shape={tuple(x_shape)}, "
+                    f"filters={tuple(self.filters)}, stride={self.stride}, padding={self.padding}"
+                )
         return shapes
 
     def compute_state_shape(self, x_shape):
@@ -237,7 +256,7 @@ class MonotoneMultiscaleCell(_BorderMasked, MonotoneCell):
                     self.down_scale.append(self.add_weight(name=f"down_scale_{i}", shape=(), initializer="ones"))
         self.kernel = self.add_weight(name="kernel", shape=(kh, kw, x_shape[-1], self.filters[0]), initializer=init)
         self.bias = self.add_weight(name="bias", shape=(self.filters[0],), initializer=self.bias_initializer)
-        self._set_border_mask(*self.shapes[0], rest=sum(a * b * d for a, b, d in self.shapes[1:]))
+        self._set_border_mask(*[(*shape, border) for shape, border in zip(self.shapes, self.borders)])
 
     def _normalized(self, weights, scales, i):
         w = tf.convert_to_tensor(weights[i])
@@ -430,8 +449,12 @@ class MonotoneMultiscale(OperatorFamily):
         kernel_size: odd int or pair, default 3.
         stride: int or pair, subsampling between tiers, default 2 (use
             (1, 2) for 1-D signals stored as 1 x L images).
-        padding: zero border of the first tier (held at zero by the prox),
-            int or pair, default 1.
+        padding: zero border of the first tier (the input is zero-padded by
+            it), int or pair, default 1. Every tier's border is held at zero
+            by the prox: the first tier's of this width, the coarser tiers'
+            of the kernel's radius (or `padding` where smaller), so that no
+            tier's circular convolutions wrap around the image, as in the
+            authors' code (`cell.borders` lists them).
         m, activation, solver, alpha, tol, max_iter, stop_mode,
         weight_normalization (default True), **kwargs: as `MonotoneConv2D`.
 
