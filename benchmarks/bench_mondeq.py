@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +32,9 @@ TORCH_PAUSE_S = 0.05
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from training import train_step  # noqa: E402
 
 from keras_implicit.layers import MonotoneDense  # noqa: E402
 
@@ -52,22 +56,6 @@ def mlp(d, params, seed=0):
     inputs = keras.Input((d,))
     h = keras.layers.Dense(hidden, activation="relu")(inputs)
     return keras.Model(inputs, keras.layers.Dense(CLASSES)(h))
-
-
-def train_step(model, jit):
-    opt = keras.optimizers.SGD(1e-3)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    opt.build(model.trainable_variables)
-
-    @tf.function(jit_compile=jit)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply(grads, model.trainable_variables)
-        return loss
-
-    return step
 
 
 def torch_pr(d, tol, seed=0):
