@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from training import train_step  # noqa: E402
+from training import mean_of, train_step  # noqa: E402
 
 from keras_implicit.layers import MonotoneDense  # noqa: E402
 
@@ -151,7 +151,7 @@ def main():
                 bwd = layer.bwd_iters_metric
                 bwd.reset_state()
                 step(x, y)
-                iters[name] = (int(info.iterations), float(bwd.result()))
+                iters[name] = (int(info.iterations), mean_of(bwd))
                 runs[name] = (lambda s, x, y: lambda: s(x, y).numpy())(step, x, y)
         m = mlp(d, meta[d]["params"])
         meta[d]["mlp_params"] = m.count_params()

@@ -20,3 +20,9 @@ def train_step(model, jit):
         return loss
 
     return step
+
+
+def mean_of(metric):
+    """The running mean of a Keras `Mean` metric as a float (the layers' backward
+    metrics return a dict from `result()`, empty when nothing was measured)."""
+    return float(tf.math.divide_no_nan(metric.total, metric.count))
