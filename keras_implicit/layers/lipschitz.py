@@ -403,21 +403,20 @@ class LipschitzConvCell(ImageState, OperatorCell):
         `<= output_units`: Woodbury adds it with an `output_units`-square
         capacitance matrix (`operators.LowRankUpdateResolvent`).
         """
-        h, w = self.spatial
         v_hat, s_hat, u_hat = (kernel_spectrum(tf.convert_to_tensor(t), self.spatial)
                                for t in (self.V, self.S, self.kernel))
         eye = tf.eye(self.filters, dtype=v_hat.dtype)
         g = tf.matmul(v_hat, v_hat, adjoint_a=True) + scalar(self.m, v_hat.dtype) * eye
         g += tf.linalg.adjoint(s_hat) - s_hat
         q = tf.matmul(u_hat, u_hat, adjoint_b=True)
-        psi = tf.reshape(self.metric_diagonal()[0, 0], [-1])  # the same at every pixel
-        psi_c = to_complex(psi)
+        psi_field = self.metric_diagonal()
+        psi_c = to_complex(psi_field[0, 0])  # the same at every pixel
         half_g = 0.5 / self.lipschitz
         m_hat = psi_c[:, None] * g + scalar(half_g, v_hat.dtype) * q / psi_c[None, :]
         base = FourierOperator(eye - m_hat, self.spatial, self.compute_dtype)
-        # L = Psi^-1 (left)(right)^T: right's rows are P^T W_o^T's columns
+        # Psi L = left right^T; right's rows are the columns of P^T W_o^T
         right = self._flat(self._pool_transpose(tf.transpose(tf.convert_to_tensor(self.output_kernel))))
-        left = right * self._flat(self.metric_diagonal()[None]) * half_g
+        left = right * self._flat(psi_field[None]) * half_g
         return LowRankUpdateResolvent(base.resolvent(alpha), left, right, alpha)
 
     def operator(self):
