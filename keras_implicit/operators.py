@@ -99,6 +99,25 @@ def scalar(value, dtype):
     return tf.cast(value, dtype)
 
 
+def inverse(matrices):
+    """`tf.linalg.inv` of a batch of square matrices, complex ones included under XLA.
+
+    XLA has no complex `MatrixInverse` (a `jit_compile=True` step, which Keras
+    picks by default on a GPU, failed to compile every FFT resolvent), so a
+    complex `M = A + iB` is inverted through its real form: the map
+    `A + iB -> [[A, -B], [B, A]]` is a ring homomorphism, so the real
+    `2n x 2n` inverse is `[[P, -Q], [Q, P]]` with `M^-1 = P + iQ`. One path in
+    graph mode and under XLA; the same LU with partial pivoting on twice the size.
+    """
+    if not matrices.dtype.is_complex:
+        return tf.linalg.inv(matrices)
+    n = int(matrices.shape[-1])
+    a, b = tf.math.real(matrices), tf.math.imag(matrices)
+    real_form = tf.concat([tf.concat([a, -b], -1), tf.concat([b, a], -1)], -2)
+    inv = tf.linalg.inv(real_form)
+    return tf.complex(inv[..., :n, :n], inv[..., n:, :n])
+
+
 class FourierOperator:
     """A circular (shift-invariant) operator on `[H, W, C]` states, stored per frequency.
 
@@ -139,7 +158,7 @@ class FourierOperator:
     def resolvent(self, alpha):
         eye = tf.eye(self.channels, dtype=self.matrices.dtype)
         a = scalar(alpha, self.matrices.dtype)
-        return FourierOperator(tf.linalg.inv(eye + a * (eye - self.matrices)), self.spatial, self.dtype)
+        return FourierOperator(inverse(eye + a * (eye - self.matrices)), self.spatial, self.dtype)
 
     def identity_minus_norm(self):
         """`||I - W||_2`: the largest singular value over all frequencies."""
@@ -291,7 +310,7 @@ class MultiTierOperator:
             eye = tf.eye(c, dtype=a.dtype)
             diag = (1.0 + a) * eye - a * self.m_hat[i]  # per fine frequency
             if i == len(self.shapes) - 1:
-                blocks.append(tf.linalg.inv(diag))
+                blocks.append(inverse(diag))
                 continue
             # per coarse frequency: blockdiag over aliases + alpha D^T D
             dmat = self._alias_matrix(diag[:, :, :, :])  # [H', W', c, S c]
@@ -301,7 +320,7 @@ class MultiTierOperator:
             blockdiag = tf.reshape(blockdiag, [hc, wc, s * c, s * c])
             k = self._alias_matrix(self.k_hat[i]) / s  # [H', W', c', S c]
             dtd = s * tf.matmul(k, k, adjoint_a=True)  # D^T D in the aliased basis
-            blocks.append(tf.linalg.inv(blockdiag + a * dtd))
+            blocks.append(inverse(blockdiag + a * dtd))
         return _MultiTierResolvent(self, blocks, alpha)
 
     def _solve_block(self, blocks, i, spec, adjoint=False):
@@ -476,7 +495,7 @@ class LowRankUpdateResolvent:
         self.z = base_resolvent.multiply_transpose(right)  # rows: (A^-T R)^T
         p = int(left.shape[0])
         capacitance = tf.eye(p, dtype=left.dtype) + self.alpha * tf.matmul(right, self.y, transpose_b=True)
-        self.capacitance_inverse = tf.linalg.inv(capacitance)
+        self.capacitance_inverse = inverse(capacitance)
 
     @property
     def size(self):
