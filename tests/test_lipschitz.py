@@ -231,7 +231,9 @@ def test_empirical_lipschitz_never_exceeds_gamma_dense(gamma):
 def test_empirical_lipschitz_never_exceeds_gamma_conv(gamma, metric):
     layer = _conv(10, gamma=gamma, metric=metric)
     x = np.random.default_rng(11).standard_normal((64, 4, 4, 1))
-    found = empirical_lipschitz(layer, x, steps=200, pairs=64, learning_rate=0.02)
+    # 60 steps: the best ratio found / gamma is 0.2200 (channel) and 0.1108 (full),
+    # 0.2233 and 0.1127 at 200 steps (27 s and 10 s alone instead of 15 s and 7 s)
+    found = empirical_lipschitz(layer, x, steps=60, pairs=64, learning_rate=0.02)
     assert 0.01 * gamma < found <= gamma * (1 + 1e-4)
 
 
