@@ -99,6 +99,12 @@ def scalar(value, dtype):
     return tf.cast(value, dtype)
 
 
+def dense_matrix(op, dtype):
+    """A linear operator as its `[n, n]` matrix (tests and small problems only):
+    the images of the unit vectors are its columns."""
+    return tf.transpose(op.multiply(tf.eye(op.size, dtype=dtype)))
+
+
 def inverse(matrices):
     """`tf.linalg.inv` of a batch of square matrices, complex ones included under XLA.
 
@@ -166,9 +172,7 @@ class FourierOperator:
         return float(tf.reduce_max(tf.linalg.svd(eye - self.matrices, compute_uv=False)))
 
     def to_dense(self):
-        """The `[n, n]` matrix (for tests and small problems): columns are images of unit vectors."""
-        basis = tf.eye(self.size, dtype=self.dtype)
-        return tf.transpose(self.multiply(basis))
+        return dense_matrix(self, self.dtype)
 
 
 class MultiTierOperator:
@@ -397,8 +401,7 @@ class MultiTierOperator:
         return float(tf.reduce_max(tf.linalg.svd(eye - blocks, compute_uv=False)))
 
     def to_dense(self):
-        basis = tf.eye(self.size, dtype=self.dtype)
-        return tf.transpose(self.multiply(basis))
+        return dense_matrix(self, self.dtype)
 
 
 class _MultiTierResolvent:
@@ -422,8 +425,7 @@ class _MultiTierResolvent:
         return self.op._resolvent_apply(self.blocks, self.alpha, z, transpose=True)
 
     def to_dense(self):
-        basis = tf.eye(self.size, dtype=self.dtype)
-        return tf.transpose(self.multiply(basis))
+        return dense_matrix(self, self.dtype)
 
 
 def adjoint_prox(j, v):
@@ -510,8 +512,7 @@ class LowRankUpdateResolvent:
         return self.base.multiply_transpose(u) - self.alpha * tf.matmul(correction, self.z)
 
     def to_dense(self):
-        """The `[n, n]` matrix (tests and small problems only)."""
-        return tf.transpose(self.multiply(tf.eye(self.size, dtype=self.y.dtype)))
+        return dense_matrix(self, self.y.dtype)
 
 
 class FunctionOperator:
@@ -542,8 +543,7 @@ class FunctionOperator:
         return self._multiply_transpose(z)
 
     def to_dense(self):
-        """`W` as an `[n, n]` matrix."""
-        return tf.transpose(self._multiply(tf.eye(self._size, dtype=self.dtype)))
+        return dense_matrix(self, self.dtype)
 
     def identity_minus_norm(self):
         return DenseOperator(self.to_dense()).identity_minus_norm()
