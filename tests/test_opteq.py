@@ -1,5 +1,7 @@
 """OptEq: the layer's output is the minimizer of the objective it evaluates."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -174,6 +176,13 @@ def test_bad_settings_are_refused():
         OptEqDense(4, max_norm=1.5)
     with pytest.raises(ValueError, match="Received: box="):
         OptEqDense(4, prior="box", box=(1.0, -1.0))
+    with pytest.raises(ValueError, match="Received: box="):
+        OptEqDense(4, prior="box", box=(False, True))
+    # numpy numbers are numbers: the same layer as with Python floats
+    for box in ((np.float32(-0.5), np.float32(0.5)), np.array([-0.5, 0.5]), (np.int64(-1), 1)):
+        config = OptEqDense(4, prior="box", box=box, name="a").get_config()
+        assert config == OptEqDense(4, prior="box", box=tuple(float(v) for v in box), name="a").get_config()
+        json.dumps(config)  # a .keras file holds it
     with pytest.raises(ValueError, match="Received: activation='relu', prior="):
         OptEqDense(4, prior=ki.prox.get("soft_threshold"))
     with pytest.raises(ValueError, match="Received: activation="):

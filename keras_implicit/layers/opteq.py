@@ -36,6 +36,7 @@ eigenvalue 1).
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_implicit import prox as prox_lib
@@ -113,8 +114,9 @@ def _check_prior(prior, activation, weight, box):
 
 
 def _check_box(box):
-    ok = isinstance(box, (tuple, list)) and len(box) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) and box[0] < box[1]
+    # numpy scalars too (np.float32(0.5) is no Python float), and a length-2 array
+    ok = isinstance(box, (tuple, list, np.ndarray)) and len(box) == 2 and all(
+        validation._is_number(v) for v in box) and box[0] < box[1]
     if not ok:
         raise ValueError(f"`box` must be a pair (low, high) with low < high. Received: box={box!r}")
     return float(box[0]), float(box[1])
@@ -166,8 +168,8 @@ class OptEqCell(OperatorCell):
         self.max_norm = validation.number(max_norm, "max_norm", high=1.0)
         self.normalization = validation.one_of(normalization, "normalization", ("spectral", None))
         self.anchor_kind = None if anchor is None else validation.one_of(anchor, "anchor", ANCHORS)
-        self.prior_kind, self.prior_weight, self.box = prior, float(prior_weight), tuple(box)
         self.prior = _check_prior(prior, self.activation, prior_weight, box)
+        self.prior_kind, self.prior_weight, self.box = prior, float(prior_weight), _check_box(box)
         self.m = 1.0 - self.max_norm**2  # I - W^T W >= m I
 
     def build(self, z_shape, x_shape=None):
