@@ -57,6 +57,22 @@ def test_bad_hyperparameters():
     _raises(lambda: DenseCell(3, normalization="batch"), "normalization")
 
 
+def test_numpy_numbers_are_numbers():
+    # hyperparameters read from numpy (a grid, a config file) are not Python numbers
+    assert solvers.FixedPointIteration(damping=np.float32(0.5)).damping == 0.5
+    assert backward.Phantom(damping=np.float64(0.5)).damping == 0.5
+
+    class Cell(keras.layers.Layer):
+        state_size = np.int64(3)
+
+        def call(self, z, x):
+            return 0.5 * tf.tanh(z + x)
+
+    layer = ForwardFPI(Cell())
+    assert layer.state_shape == (3,) and type(layer.state_shape[0]) is int
+    assert layer(tf.ones([2, 3])).shape == (2, 3)
+
+
 def test_unknown_identifiers():
     _raises(lambda: solvers.get("newton"), "newton", "anderson")
     _raises(lambda: backward.get("magic"), "magic", "implicit")

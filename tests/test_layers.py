@@ -116,15 +116,26 @@ def test_get_config_from_config():
     assert BackwardFPI.from_config(bwd.get_config()).get_config() == bwd.get_config()
 
 
-@pytest.mark.parametrize("normalization", ["weight", "spectral"])
-def test_normalization_bounds_the_recurrent_kernel(normalization):
-    cell = DenseCell(8, normalization=normalization, max_norm=0.9, recurrent_initializer=keras.initializers.RandomNormal(stddev=3.0))
-    cell.build((None, 8), (None, 3))
-    if normalization == "weight":
-        cell.norm_scale.assign(5.0)
-    sigma = np.linalg.norm(cell.effective_recurrent_kernel().numpy(), 2)
-    assert sigma <= 0.9 + 1e-3
-    assert sigma > 0.5  # normalization scales, it does not zero the matrix
+@pytest.mark.parametrize("normalization, power_iterations, bound", [
+    ("weight", 10, 0.9 + 1e-6),  # exact: ||W||_2 <= ||W||_F = |g|
+    # the power method estimates sigma from below, so the bound is approximate
+    # (documented): 10 steps (the default) reached 0.9289 on one of these draws,
+    # 200 steps hold it to rounding
+    ("spectral", 10, 0.9 * 1.05),
+    ("spectral", 200, 0.9 + 1e-5),
+])
+def test_normalization_bounds_the_recurrent_kernel(normalization, power_iterations, bound):
+    sigmas = []
+    for seed in range(5):
+        init = keras.initializers.RandomNormal(stddev=3.0, seed=seed)
+        cell = DenseCell(8, normalization=normalization, max_norm=0.9, recurrent_initializer=init,
+                         power_iterations=power_iterations)
+        cell.build((None, 8), (None, 3))
+        if normalization == "weight":
+            cell.norm_scale.assign(5.0)
+        sigmas.append(float(np.linalg.norm(cell.effective_recurrent_kernel().numpy(), 2)))
+    assert max(sigmas) <= bound, sigmas
+    assert min(sigmas) > 0.25  # normalization scales, it does not zero the matrix
 
 
 def test_solver_metrics_appear_in_fit_logs_and_do_not_change_the_loss():

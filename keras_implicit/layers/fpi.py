@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_implicit import config
+from keras_implicit import validation
 from keras_implicit.autodiff import tf_variable
 from keras_implicit import backward as backward_lib
 from keras_implicit import solvers as solvers_lib
@@ -14,9 +15,7 @@ from keras_implicit.solvers.base import TRACE_LENGTH, bookkeeping_dtype, check_t
 
 
 def _is_shape(size):
-    return isinstance(size, (tuple, list, tf.TensorShape)) and all(
-        isinstance(d, int) and not isinstance(d, bool) for d in size
-    )
+    return isinstance(size, (tuple, list, tf.TensorShape)) and all(validation._is_int(d) for d in size)
 
 
 def block_shapes(state_shape):
@@ -64,10 +63,10 @@ def _state_shape(cell, x_shape=None):
         )
 
     def one(s):
-        if isinstance(s, int) and not isinstance(s, bool) and s > 0:
-            return (s,)
+        if validation._is_int(s) and s > 0:  # numpy ints too
+            return (int(s),)
         if _is_shape(s) and len(s) and all(d > 0 for d in s):
-            return tuple(s)
+            return tuple(int(d) for d in s)
         raise ValueError(
             "`state_size` must be a positive int, a tuple of positive ints, or a tuple "
             f"of those for a state of several tensors. Received: state_size={size!r}"

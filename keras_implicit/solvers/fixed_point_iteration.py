@@ -1,15 +1,12 @@
 """Plain (Krasnoselskii-Mann) fixed-point iteration."""
 
 
+from keras_implicit import validation
 from keras_implicit.solvers.base import Solver
 
 
 def check_damping(damping):
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
-        raise ValueError(
-            f"`damping` must be a number in (0, 1]. Received: damping={damping!r}"
-        )
-    return float(damping)
+    return validation.number(damping, "damping", high=1.0)  # (0, 1], numpy numbers too
 
 
 class FixedPointIteration(Solver):
