@@ -9,17 +9,19 @@ import numbers
 import numpy as np
 
 
-def _is_number(value):
+def is_number(value):
+    """A real number, numpy's too, not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_int(value):  # numpy integers too (np.int64(5) is a numbers.Integral)
+def is_int(value):
+    """An integer, numpy's too (np.int64(5) is a numbers.Integral), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def integer(value, name, minimum=1, maximum=None, odd=False):
     """An int in `[minimum, maximum]` (default: a positive int), odd if asked."""
-    ok = _is_int(value) and value >= minimum and (maximum is None or value <= maximum)
+    ok = is_int(value) and value >= minimum and (maximum is None or value <= maximum)
     if not ok or (odd and value % 2 == 0):
         what = "a positive integer" if minimum == 1 and maximum is None else (
             f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]")
@@ -30,7 +32,7 @@ def integer(value, name, minimum=1, maximum=None, odd=False):
 
 def integers(values, name):
     """A non-empty list or tuple of positive ints, as a tuple."""
-    if not (isinstance(values, (tuple, list)) and values and all(_is_int(v) and v >= 1 for v in values)):
+    if not (isinstance(values, (tuple, list)) and values and all(is_int(v) and v >= 1 for v in values)):
         raise ValueError(f"`{name}` must be a non-empty list of positive ints. Received: {name}={values!r}")
     return tuple(values)
 
@@ -38,7 +40,7 @@ def integers(values, name):
 def number(value, name, low=0.0, high=None, low_open=True, high_open=False):
     """A float in the interval `(low, high]` (ends open or closed as asked;
     `high=None` for no upper end). The default is a positive number."""
-    ok = _is_number(value) and value == value
+    ok = is_number(value) and value == value
     if ok:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -62,8 +64,8 @@ def one_of(value, name, options):
 
 def int_pair(value, name, check=lambda v: v >= 1, what="an int or a pair of ints"):
     """An int (used for both entries) or a pair of ints, each passing `check`."""
-    pair = (value, value) if _is_int(value) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and check(v) for v in pair)):
+    pair = (value, value) if is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(is_int(v) and check(v) for v in pair)):
         raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
     return tuple(pair)
 

@@ -15,7 +15,7 @@ from keras_implicit.solvers.base import TRACE_LENGTH, bookkeeping_dtype, check_t
 
 
 def _is_shape(size):
-    return isinstance(size, (tuple, list, tf.TensorShape)) and all(validation._is_int(d) for d in size)
+    return isinstance(size, (tuple, list, tf.TensorShape)) and all(validation.is_int(d) for d in size)
 
 
 def block_shapes(state_shape):
@@ -63,7 +63,7 @@ def _state_shape(cell, x_shape=None):
         )
 
     def one(s):
-        if validation._is_int(s) and s > 0:  # numpy ints too
+        if validation.is_int(s) and s > 0:  # numpy ints too
             return (int(s),)
         if _is_shape(s) and len(s) and all(d > 0 for d in s):
             return tuple(int(d) for d in s)

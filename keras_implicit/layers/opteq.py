@@ -116,7 +116,7 @@ def _check_prior(prior, activation, weight, box):
 def _check_box(box):
     # numpy scalars too (np.float32(0.5) is no Python float), and a length-2 array
     ok = isinstance(box, (tuple, list, np.ndarray)) and len(box) == 2 and all(
-        validation._is_number(v) for v in box) and box[0] < box[1]
+        validation.is_number(v) for v in box) and box[0] < box[1]
     if not ok:
         raise ValueError(f"`box` must be a pair (low, high) with low < high. Received: box={box!r}")
     return float(box[0]), float(box[1])
