@@ -8,8 +8,7 @@ import pytest  # noqa: E402
 import keras_implicit as ki  # noqa: E402
 
 # XLA compiles each solver loop once per layer and input shape (about 0.8 s on
-# a 2-core CPU), and nearly every test builds new layers: with compiled loops
-# everywhere the suite took 13 min instead of under 6 here. So tests run the
+# a 2-core CPU), and nearly every test builds new layers, so tests run the
 # loops uncompiled, except those marked `xla`: `tests/test_xla.py` checks every
 # layer family's output and gradients with compiled loops against uncompiled
 # ones, and the `jit_compile=True` tests compile whole models as users do.
