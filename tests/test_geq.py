@@ -1,5 +1,7 @@
 """GEQ: the output minimizes the Gaussian-kernel objective; gamma -> 0 is OptEq."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -147,10 +149,17 @@ def test_gradients_match_finite_differences():
     ({"activation": "elu"}, "elu"),
     ({"prior": "smooth"}, "prior='smooth'"),
     ({"max_norm": 1.5}, "max_norm=1.5"),
+    ({"prior": "box", "box": (1.0, -1.0)}, "box="),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match="Received.*" + match.replace("(", r"\(").replace(".", r"\.")):
         GaussianEquilibrium(7, features=8, **kwargs)
+
+
+def test_a_numpy_box_is_stored_as_python_floats():
+    config = GaussianEquilibrium(7, features=8, prior="box", box=(np.float32(-0.5), np.float32(0.5))).get_config()
+    json.dumps(config)  # a .keras file holds it
+    assert config["box"] == [-0.5, 0.5]
 
 
 def test_a_weight_that_breaks_the_bound_is_reported_not_clipped():

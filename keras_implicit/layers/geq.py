@@ -52,7 +52,7 @@ from keras_implicit import prox as prox_lib
 from keras_implicit import validation
 from keras_implicit.layers.family import EquilibriumFamily
 from keras_implicit.layers.operator_cell import LINEAR_INIT
-from keras_implicit.layers.opteq import _check_prior, bounded_weight, check_bound
+from keras_implicit.layers.opteq import _check_box, _check_prior, bounded_weight, check_bound
 
 
 def _check_gamma(gamma):
@@ -87,8 +87,9 @@ class GaussianEquilibriumCell(keras.layers.Layer):
         self.patch_size_setting = patch_size
         self.max_norm = validation.number(max_norm, "max_norm", high=1.0)
         self.normalization = validation.one_of(normalization, "normalization", ("weight", "spectral", None))
-        self.prior_kind, self.prior_weight, self.box = prior, float(prior_weight), tuple(box)
-        self.prior = _check_prior(prior, self.activation, prior_weight, box)
+        self.box = _check_box(box)
+        self.prior = _check_prior(prior, self.activation, prior_weight, self.box)
+        self.prior_kind, self.prior_weight = prior, float(prior_weight)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 

@@ -109,7 +109,7 @@ def _check_prior(prior, activation, weight, box):
         return Prior(activation, prior)
     validation.one_of(prior, "prior", PRIORS + ("a prox.Prox instance",))
     validation.number(weight, "prior_weight", low_open=False)
-    low, high = _check_box(box)
+    low, high = box  # checked by `_check_box`
     return Prior(activation, prior, float(weight), low, high)
 
 
@@ -168,8 +168,9 @@ class OptEqCell(OperatorCell):
         self.max_norm = validation.number(max_norm, "max_norm", high=1.0)
         self.normalization = validation.one_of(normalization, "normalization", ("spectral", None))
         self.anchor_kind = None if anchor is None else validation.one_of(anchor, "anchor", ANCHORS)
-        self.prior = _check_prior(prior, self.activation, prior_weight, box)
-        self.prior_kind, self.prior_weight, self.box = prior, float(prior_weight), _check_box(box)
+        self.box = _check_box(box)
+        self.prior = _check_prior(prior, self.activation, prior_weight, self.box)
+        self.prior_kind, self.prior_weight = prior, float(prior_weight)
         self.m = 1.0 - self.max_norm**2  # I - W^T W >= m I
 
     def build(self, z_shape, x_shape=None):
