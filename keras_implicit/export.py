@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from keras_implicit.backward.implicit import first_order_only
+from keras_implicit.fixed_point import without_gradient
 from keras_implicit.layers.fpi import BackwardFPI, ForwardFPI
 
 
@@ -57,7 +58,10 @@ def _forward_endpoint(layer):
     x_spec = _spec(layer.input_shape_for_export, layer.compute_dtype, "x")
 
     def forward(x):
-        z, info = layer.solve(x)
+        # a serving endpoint: its gradient would be saved as one more traced
+        # function (an adjoint solve); `serve` is the differentiable one
+        with without_gradient():
+            z, info = layer.solve(x)
         out = _named("z_star", z)
         # `converged` per sample: a server can reject what did not (a NaN input, a stall)
         out.update(iterations=info.iterations, residual=info.residual, converged=info.converged,
@@ -116,7 +120,9 @@ def export_saved_model(model, path, verbose=False, overwrite=False):
     * `serve` (also `serving_default`): the model's forward pass.
     * `<layer>_forward` for every `ForwardFPI`: the layer's input ->
       `z_star`, `iterations`, `residual`, `converged` (per sample),
-      `block_residuals`.
+      `block_residuals`. Its outputs carry no gradient (a tape gives
+      None): `serve` is the differentiable endpoint, and
+      `<layer>_backward` gives the adjoint.
     * `<layer>_backward` for every FPI layer: `(x, z_star, dz)` ->
       `adjoint` (c solving `c = (d cell/dz)^T c + dz`), `input_gradient`
       (`(d cell/dx)^T c`), `iterations`.

@@ -64,6 +64,25 @@ def report_failure(info, on_failure, what="fixed-point solve"):
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
+class without_gradient:
+    """While active, `fixed_point` solves with no gradient at all: no backward
+    mode is built and `z*` is a constant to any tape (its gradient is None).
+
+    For graphs that only serve the solution, such as the `<layer>_forward`
+    signatures of `export_saved_model`: the implicit gradient is a custom
+    gradient, which a SavedModel stores as one more traced function (an
+    adjoint solve and its fallback) per solve.
+    """
+
+    active = False
+
+    def __enter__(self):
+        self._saved, without_gradient.active = without_gradient.active, True
+
+    def __exit__(self, *exc):
+        without_gradient.active = self._saved
+
+
 def _warn_captured(f, z0, args):
     """Warns if `f` captures float tensors by closure (they get no implicit gradient)."""
     specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), (z0, args))
@@ -170,6 +189,10 @@ def fixed_point(
         for a in args
     )
     spec = solvers_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
+    if without_gradient.active:
+        z, info = spec.solve_without_gradient(problem.bind(*args), z0)
+        report_failure(info, on_failure)
+        return nan_where_broken(z, info), info
     if isinstance(backward, backward_lib.Implicit):
         _refuse_forward_mode(problem, args)
         if check_captures:

@@ -71,6 +71,11 @@ try:
     print("second-order: no error")
 except LookupError as e:
     print("second-order:", e)
+h = tf.ones([2, 8])
+with tf.GradientTape() as tape:  # the forward signature serves z* only
+    tape.watch(h)
+    z = loaded.signatures["fpi_forward"](x=h)["z_star"]
+print("forward gradient:", tape.gradient(tf.reduce_sum(z), h))
 """
 
 
@@ -82,6 +87,7 @@ def test_reload_is_quiet_and_second_order_fails_clearly(exported):
     assert "unsaved custom gradients" not in out.stderr
     assert "Importing a function" not in out.stderr
     assert "second derivatives of an exported equilibrium layer are not saved" in out.stdout + out.stderr
+    assert "forward gradient: None" in out.stdout, out.stdout  # not differentiable, and not saved as such
 
 
 @pytest.fixture(scope="module")
