@@ -1,13 +1,14 @@
 """Anderson acceleration (type II, Walker & Ni 2011), batched with fixed shapes."""
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # (whether XLA compiles the graph being traced)
 
 from keras_implicit.solvers.base import Solver
 from keras_implicit.solvers.fixed_point_iteration import check_damping
 from keras_implicit import validation
 
 
-# Above this memory the elimination below is unrolled into too many small ops.
+# Above this memory the elimination below is unrolled into too many small ops (also under XLA).
 _UNROLL_MAX = 8
 
 
@@ -15,25 +16,39 @@ def _tiny(dtype):
     return tf.constant(1e-30 if dtype == tf.float64 else 1e-20, dtype)
 
 
+def _in_xla():
+    """Whether the graph being traced is compiled by XLA (a nested loop of
+    `jit_loop`, or a `jit_compile=True` function); False eagerly."""
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph())
+
+
 def _spd_solve_ones(h, unrolled=None):
     """Solves `h s = 1` for a batch of small SPD matrices `h` of shape [b, m, m].
 
-    For small m (`unrolled=None`: m <= 8; `True`/`False` forces the choice),
-    Gauss-Jordan elimination on the augmented `[h | 1]`, one whole-matrix
-    update per pivot (no pivoting is needed for SPD matrices): a few
-    elementwise ops per pivot, which XLA fuses into a few kernels (its
-    `solve` on CPU runs a slow expanded loop) and which trace quickly.
-    Otherwise one `tf.linalg.solve` (float32/float64/complex only), whose
-    gradient graph is much smaller than the unrolled elimination's.
+    Where XLA compiles the loop (`unrolled=None`: and m <= 8; `True`/`False`
+    forces the choice), Gauss-Jordan elimination on the augmented `[h | 1]`,
+    one whole-matrix update per pivot (no pivoting is needed for SPD
+    matrices): a few elementwise ops per pivot, which XLA fuses into a few
+    kernels (its `solve` on CPU runs a slow expanded loop). Otherwise one
+    `tf.linalg.solve` (in float32 for a half-precision `h`): outside XLA each
+    of the elimination's ~7 m ops costs executor time, and tracing it is
+    slower (a memory-5 Anderson loop with an unrolled backward, batch 32 x 64:
+    traced in 116 instead of 185 ms, run in 11.7 instead of 15.2 ms).
     """
     m = h.shape[-1]
-    if not (m <= _UNROLL_MAX if unrolled is None else unrolled):
+    if unrolled is None:
+        unrolled = m <= _UNROLL_MAX and _in_xla()
+    if not unrolled:
         # A sample with NaN/Inf in its history (a NaN input) would make the batched
         # solve fail for the whole batch ("Input matrix is not invertible"): it
         # solves with the identity instead (its iterate is discarded anyway).
+        dtype = h.dtype
+        if dtype in (tf.float16, tf.bfloat16):
+            h = tf.cast(h, tf.float32)
         finite = tf.reduce_all(tf.math.is_finite(h), axis=[1, 2], keepdims=True)
         h = tf.where(finite, h, tf.eye(m, dtype=h.dtype)[None])
-        return tf.linalg.solve(h, tf.ones_like(h[:, :, :1]))[:, :, 0]
+        return tf.cast(tf.linalg.solve(h, tf.ones_like(h[:, :, :1]))[:, :, 0], dtype)
     a = tf.concat([h, tf.ones_like(h[:, :, :1])], axis=2)  # [b, m, m + 1]
     for p in range(m):
         others = tf.constant([[[0.0] if i == p else [1.0] for i in range(m)]], h.dtype)  # [1, m, 1]
@@ -60,7 +75,8 @@ class Anderson(Solver):
     `alpha = s / sum(s)` with `(H / h + ridge I) s = 1`, where `H_ij = <r_i, r_j>`
     and `h` the mean of its diagonal (so `ridge` is relative to the residual
     scale). The Gram matrix is updated one row per iteration; the small SPD
-    system is solved by unrolled elimination (fused by XLA). When the mix is
+    system is solved by unrolled elimination where XLA compiles the loop (it
+    fuses it), else by `tf.linalg.solve`. When the mix is
     not finite (e.g. a degenerate history) the step falls back to plain
     damped iteration for that sample.
 
@@ -69,8 +85,9 @@ class Anderson(Solver):
         ridge: float > 0, relative Tikhonov regularization, default 1e-4.
         damping: float in (0, 1], default 1.0.
         unrolled_solve: how the small system is solved: `None` (default)
-            unrolled elimination up to memory 8 (fast under XLA), else one
-            `tf.linalg.solve`; `True`/`False` forces either. `False` traces a
+            unrolled elimination where XLA compiles the loop and memory is at
+            most 8, else one `tf.linalg.solve`; `True`/`False` forces either.
+            `False` traces a
             much smaller graph when the loop itself is differentiated
             (unrolled backward, second derivatives through a backward pass)
             and is what the implicit backward's rarely-run fallback uses.
