@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import keras_implicit as ki
 from keras_implicit import backward, solvers
+from keras_implicit import layers as L
 
 B, N, D = 4, 6, 3
 SCALE = 0.9  # slow enough that 250 unrolled iterations are still changing z
@@ -214,3 +215,31 @@ def test_no_capture_warning_for_variables_and_args():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ki.fixed_point(f, tf.zeros([B, N], tf.float64), x, tol=1e-8)
+
+
+def test_a_dropped_layer_is_freed_with_its_traced_gradient():
+    # TensorFlow registers a graph's custom gradients in a global registry that it
+    # never prunes: the entries must not keep the layer (and its graphs) alive
+    import gc
+    import weakref
+
+    from tensorflow.python.framework.ops import _gradient_registry
+
+    before = set(_gradient_registry._registry)
+    layer = L.MonotoneDense(4)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(y, [x] + layer.trainable_variables)
+
+    assert all(g is not None for g in step(tf.ones([2, 3])))
+    added = set(_gradient_registry._registry) - before
+    assert added  # the trace registered its gradients
+    ref = weakref.ref(layer)
+    del layer, step
+    gc.collect()
+    assert ref() is None
+    assert not added & set(_gradient_registry._registry)

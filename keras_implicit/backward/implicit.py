@@ -1,8 +1,15 @@
 """Implicit differentiation (implicit function theorem) of a fixed point."""
 
+import weakref
+
 import keras
 import tensorflow as tf
 from tensorflow.python.eager import tape as tape_lib  # (how a read reaches custom_gradient)
+
+try:  # private, long-stable: TensorFlow's registry of graph-mode gradient functions
+    from tensorflow.python.framework.ops import _gradient_registry
+except ImportError:  # pragma: no cover
+    _gradient_registry = None
 
 from keras_implicit import info as info_lib
 from keras_implicit.autodiff import tf_variable
@@ -261,6 +268,47 @@ class Implicit(BackwardMode):
         }
 
 
+_HELD = "_keras_implicit_gradients"
+
+
+def _look_up_in(graph_ref, name):
+    """A registered gradient that holds only its name and a weak reference to
+    the graph that holds the function."""
+    def gradient(op, *grads):
+        graph = graph_ref()
+        if graph is None:  # pragma: no cover - nothing can still ask: its ops died with it
+            raise LookupError(f"the graph that held the gradient {name} was freed")
+        return getattr(graph, _HELD)[name](op, *grads)
+
+    return gradient
+
+
+def _hand_gradient_to_graph(outputs):
+    """In a graph, `tf.custom_gradient` registers its gradient function in
+    TensorFlow's global gradient registry, which is never pruned: each entry
+    held the traced graph and, through `grad_fn`, the problem and its Keras
+    layer for the life of the process (every trial of a keras-tuner search, or
+    every model of a test session, stayed in memory, and full garbage
+    collections grew to seconds). The function moves to the graph of the op
+    (kept alive by whoever can still differentiate it), the registry keeps a
+    look-up by weak reference, and the entry goes when the graph does."""
+    if tf.executing_eagerly() or _gradient_registry is None:
+        return
+    try:
+        op = outputs[0].op
+        name = op.get_attr("_gradient_op_type").decode()
+        entry = _gradient_registry._registry[name]
+        function = entry["type"]
+    except (AttributeError, KeyError, ValueError, IndexError, TypeError):  # pragma: no cover
+        return  # TensorFlow's internals changed: leave its registration as it is
+    graph = op.graph
+    if getattr(graph, _HELD, None) is None:
+        setattr(graph, _HELD, {})
+    getattr(graph, _HELD)[name] = function
+    entry["type"] = _look_up_in(weakref.ref(graph), name)
+    weakref.finalize(graph, _gradient_registry._registry.pop, name, None).atexit = False
+
+
 def _implicit_op(problem, z0, args, spec, adjoint_spec, callback):
     """`z* = f(z*, *args)` solved with `spec` from `z0`, with the implicit gradient.
 
@@ -318,6 +366,7 @@ def _implicit_op(problem, z0, args, spec, adjoint_spec, callback):
         return tuple(outputs), grad_fn
 
     outputs = op(*flat_args)
+    _hand_gradient_to_graph(outputs)
     n = len(tf.nest.flatten(z_structure))
     z = tf.nest.pack_sequence_as(z_structure, list(outputs[:n]))
     info = None
