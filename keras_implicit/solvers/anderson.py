@@ -31,10 +31,11 @@ def _spd_solve_ones(h, unrolled=None):
     one whole-matrix update per pivot (no pivoting is needed for SPD
     matrices): a few elementwise ops per pivot, which XLA fuses into a few
     kernels (its `solve` on CPU runs a slow expanded loop). Otherwise one
-    `tf.linalg.solve` (in float32 for a half-precision `h`): outside XLA each
-    of the elimination's ~7 m ops costs executor time, and tracing it is
-    slower (a memory-5 Anderson loop with an unrolled backward, batch 32 x 64:
-    traced in 116 instead of 185 ms, run in 11.7 instead of 15.2 ms).
+    `tf.linalg.solve` (in float32 for a half-precision `h`): outside XLA the
+    elimination's ~7 m small ops are only slower to trace (a memory-5 loop
+    with an unrolled backward, batch 32 x 64, medians of 5 rounds: traced in
+    149 instead of 195 ms, run in 11.7 against 12.0 ms;
+    `python benchmarks/bench_anderson_solve.py --rounds 5`).
     """
     m = h.shape[-1]
     if unrolled is None:
