@@ -243,3 +243,23 @@ def test_a_dropped_layer_is_freed_with_its_traced_gradient():
     gc.collect()
     assert ref() is None
     assert not added & set(_gradient_registry._registry)
+
+
+def test_without_gradient_solves_the_same_and_gives_no_gradient_and_is_not_cached():
+    # (what the exported `<layer>_forward` signatures use)
+    from keras_implicit.fixed_point import without_gradient
+
+    layer = L.ForwardFPI(L.DenseCell(4), tol=1e-8)
+    x = tf.constant(np.random.default_rng(0).standard_normal((3, 5)), tf.float32)
+    reference = layer(x)
+    with without_gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = layer(x)  # eagerly: the layer's cached solve keeps the two apart
+        assert tape.gradient(z, x) is None
+    np.testing.assert_allclose(z.numpy(), reference.numpy(), atol=1e-6)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z = layer(x)
+    g = tape.gradient(z, x)
+    assert g is not None and np.isfinite(g.numpy()).all()

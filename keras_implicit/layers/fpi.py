@@ -9,7 +9,8 @@ from keras_implicit.autodiff import tf_variable
 from keras_implicit import backward as backward_lib
 from keras_implicit import solvers as solvers_lib
 from keras_implicit.solvers.spec import SolveSpec
-from keras_implicit.fixed_point import check_on_failure, fixed_point, report_failure, watched_forward
+from keras_implicit.fixed_point import (check_on_failure, fixed_point, report_failure, watched_forward,
+                                         without_gradient)
 from keras_implicit.info import SolverInfo
 from keras_implicit.solvers.base import TRACE_LENGTH, bookkeeping_dtype, check_tol_and_max_iter
 
@@ -386,7 +387,8 @@ class ForwardFPI(_SolveSettings, keras.layers.Layer):
         op-by-op loop (30-140x slower). `reduce_retracing` relaxes the batch
         axis after a second shape, so new batch sizes do not retrace."""
         key = (self.solver, self.backward, self.tol, self.max_iter, self.stop_mode,
-               self.jit_loop and config.jit_loops_enabled(), with_state, record, self.compute_dtype)
+               self.jit_loop and config.jit_loops_enabled(), with_state, record, self.compute_dtype,
+               without_gradient.active)
         fn = self._compiled.functions.get(key)
         if fn is None:
             def run(x, z0):
