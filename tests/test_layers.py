@@ -177,7 +177,9 @@ def test_trains_on_digits_to_95_percent(jit_compile):
     model = keras.Model(inputs, keras.layers.Dense(10)(z))
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile)
-    model.fit(x_tr, y_tr, epochs=15, batch_size=64, verbose=0)
+    # test accuracy by epoch, both modes: 0.872 0.925 0.950 0.953 0.958 0.964 0.972 0.975
+    # (then 0.975-0.978 up to epoch 15, the length this test trained before)
+    model.fit(x_tr, y_tr, epochs=8, batch_size=64, verbose=0)
     acc = model.evaluate(x_te, y_te, verbose=0, return_dict=True)["accuracy"]
     assert acc >= 0.95, acc
 
