@@ -152,8 +152,13 @@ def test_two_workers_match_one_worker_per_batch(capsys):
         worker_env = dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         workers.append(subprocess.Popen([sys.executable, "-c", WORKER, "multi"], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=worker_env))
-    single = _single_worker_in_this_process(capsys)
-    outs = [w.communicate(timeout=600) for w in workers]
+    try:
+        single = _single_worker_in_this_process(capsys)
+        outs = [w.communicate(timeout=600) for w in workers]
+    finally:  # no worker outlives a failure here
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
     for w, (_, err) in zip(workers, outs):
         assert w.returncode == 0, err[-3000:]
     one = _result(single)
