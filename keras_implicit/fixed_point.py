@@ -191,13 +191,12 @@ def fixed_point(
     spec = solvers_lib.SolveSpec(solver, float(tol), int(max_iter), stop_mode, bool(jit_loop))
     if without_gradient.active:
         z, info = spec.solve_without_gradient(problem.bind(*args), z0)
-        report_failure(info, on_failure)
-        return nan_where_broken(z, info), info
-    if isinstance(backward, backward_lib.Implicit):
-        _refuse_forward_mode(problem, args)
-        if check_captures:
-            _warn_captured(problem, z0, args)
-    z, info = backward.apply(problem, z0, args, spec, _reporting(backward_callback, on_failure))
+    else:
+        if isinstance(backward, backward_lib.Implicit):
+            _refuse_forward_mode(problem, args)
+            if check_captures:
+                _warn_captured(problem, z0, args)
+        z, info = backward.apply(problem, z0, args, spec, _reporting(backward_callback, on_failure))
     report_failure(info, on_failure)
     return nan_where_broken(z, info), info
 
