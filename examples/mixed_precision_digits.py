@@ -17,7 +17,8 @@ difference with float32's (and the largest difference of a single seed: runs
 in different precisions part ways after a few steps, so single seeds differ
 by a few test samples, 1 point = 3.6 of 360), whether every gradient of a probe
 batch and every loss is finite, the forward iterations of the last epoch, and
-seconds per epoch (float16 runs in software
+seconds per epoch (the seeds of a family and policy train one model, its steps
+traced once: the first seed's time includes the tracing; float16 runs in software
 on most CPUs: times here say nothing about a GPU's). The single-index DEQ has
 one output unit: it learns "digit >= 5" (a binary task) in place of the ten
 classes. Writes examples/output/mixed_precision_digits.json.
@@ -93,16 +94,31 @@ def _finite_gradients(model, x, y):
     return all(g is not None and bool(tf.reduce_all(tf.math.is_finite(tf.cast(g, "float32")))) for g in grads)
 
 
-def train(family, policy, data, epochs=6, seed=0, batch_size=64, lr=3e-3):
-    """Trains the family's model under `policy`; returns its figures (dict)."""
+def train(family, policy, data, epochs=6, seed=0, batch_size=64, lr=3e-3, reuse=None):
+    """Trains the family's model under `policy`; returns its figures (dict).
+
+    `reuse`: a dict kept across the seeds of one family and policy. The first
+    call keeps its compiled model there; later calls train that model again,
+    from the initial weights a new model of their seed has and the optimizer's
+    initial state, so that its training and test steps are not traced again.
+    The figures are those of a new model per seed."""
     (x_tr, y_tr), (x_te, y_te) = data
     y_tr, y_te = labels(family, y_tr), labels(family, y_te)
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(seed)
         model = build(family)
-        model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+        if reuse:
+            reuse["model"].set_weights(model.get_weights())
+            model = reuse["model"]
+            for v, value in zip(model.optimizer.variables, reuse["optimizer_state"]):
+                v.assign(value)
+        else:
+            model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"])
+            if reuse is not None:
+                model.optimizer.build(model.trainable_variables)
+                reuse.update(model=model, optimizer_state=[v.numpy() for v in model.optimizer.variables])
         finite = _finite_gradients(model, x_tr[:64], y_tr[:64])
         start = time.perf_counter()
         hist = model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, verbose=0)
@@ -123,7 +139,7 @@ def compare(families, data, epochs=6, seeds=(0, 1, 2), policies=POLICIES):
     float32) and `worst_seed_delta` (the largest per-seed difference, signed)."""
     table = {}
     for family in families:
-        runs = {p: [train(family, p, data, epochs, seed) for seed in seeds] for p in policies}
+        runs = {p: _seeds(family, p, data, epochs, seeds) for p in policies}
         row = {}
         for p in policies:
             row[p] = {k: float(np.mean([r[k] for r in runs[p]]))
@@ -136,6 +152,11 @@ def compare(families, data, epochs=6, seeds=(0, 1, 2), policies=POLICIES):
             row[p]["worst_seed_delta"] = float(max(diffs, key=abs))
         table[family] = row
     return table
+
+
+def _seeds(family, policy, data, epochs, seeds):
+    reuse = {}
+    return [train(family, policy, data, epochs, seed, reuse=reuse) for seed in seeds]
 
 
 def markdown(table):
