@@ -1,4 +1,4 @@
-"""SavedModel export, checked in processes that import only TensorFlow."""
+"""SavedModel export, checked in a process that imports only TensorFlow (`tests/tf_only.py`)."""
 
 import json
 import os
@@ -15,6 +15,7 @@ import tensorflow as tf
 import keras_implicit as ki
 from keras_implicit.datasets import load_digits
 from keras_implicit.layers import DenseCell, ForwardFPI
+from tests import tf_only
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,7 @@ print(json.dumps(sorted(loaded.signatures.keys())))
 
 
 def _run_tf_only(script, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
+    out = tf_only.run(script, *args)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -81,13 +81,21 @@ print("forward gradient:", tape.gradient(tf.reduce_sum(z), h))
 
 def test_reload_is_quiet_and_second_order_fails_clearly(exported):
     _, path, _ = exported
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", QUIET_RELOAD, str(path)], capture_output=True, text=True, env=env)
+    out = tf_only.run(QUIET_RELOAD, path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "unsaved custom gradients" not in out.stderr
     assert "Importing a function" not in out.stderr
     assert "second derivatives of an exported equilibrium layer are not saved" in out.stdout + out.stderr
     assert "forward gradient: None" in out.stdout, out.stdout  # not differentiable, and not saved as such
+
+
+def test_the_tensorflow_only_process_captures_each_script_on_its_own():
+    first = tf_only.run("import sys, tensorflow as tf\ntf.get_logger().warning('w-' + sys.argv[1])\nprint('o-1')", 7)
+    assert first.returncode == 0 and "w-7" in first.stderr and first.stdout == "o-1\n", first
+    second = tf_only.run("import sys\nprint('o-2')\nsys.exit(3)")
+    assert second.returncode == 3 and second.stdout == "o-2\n" and "w-7" not in second.stderr, second
+    third = tf_only.run("x = 1 / 0")
+    assert third.returncode == 1 and "ZeroDivisionError" in third.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,6 @@
 """FPI_NN and FPI_GD (Jeon, Lee & Choi): fixed points, exact gradients, second order, export (float64)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,6 +9,7 @@ import tensorflow as tf
 
 import keras_implicit as ki
 from keras_implicit.layers import EnergyDescentCell, FPIGradientDescent, FPINetwork
+from tests import tf_only
 
 F64 = dict(dtype="float64", tol=1e-12, max_iter=400, stop_mode="abs", on_failure="raise")
 
@@ -235,9 +233,7 @@ def test_exported_backward_signatures_reproduce_the_input_gradient(tmp_path):
     path = tmp_path / "sm"
     ki.export_saved_model(model, str(path))
     np.savez(tmp_path / "in.npz", y=x, dz=dz)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", TF_ONLY, str(path), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npz")], capture_output=True, text=True, env=env)
+    proc = tf_only.run(TF_ONLY, path, tmp_path / "in.npz", tmp_path / "out.npz")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"fpi_nn_forward", "fpi_nn_backward", "fpi_gd_forward", "fpi_gd_backward", "serve"} <= set(
         json.loads(proc.stdout.strip().splitlines()[-1]))
