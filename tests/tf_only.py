@@ -12,6 +12,7 @@ if it imported keras_implicit.
 import atexit
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -82,9 +83,7 @@ def run(script, *args):
         _server.stdin.write(json.dumps({"script": script, "argv": args, **paths}) + "\n")
         _server.stdin.flush()
         line = _server.stdout.readline()
-        texts = {}
-        for key, path in paths.items():
-            texts[key] = open(path).read() if os.path.exists(path) else ""
+        texts = {key: pathlib.Path(path).read_text() if os.path.exists(path) else "" for key, path in paths.items()}
         if not line:  # the process died (a crash in C++): its stderr went to the file
             return subprocess.CompletedProcess(args, _server.wait(), texts["stdout"],
                                                texts["stderr"] + "\ntf_only: the process died")
