@@ -1,9 +1,11 @@
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+from tensorflow.python.framework import ops  # noqa: E402
 
 import keras_implicit as ki  # noqa: E402
 
@@ -29,3 +31,30 @@ def _jit_loops(request):
     ki.config.set_jit_loops(_ALL_XLA or request.node.get_closest_marker("xla") is not None)
     yield
     ki.config.set_jit_loops(True)
+
+
+def pytest_collection_finish(session):
+    # Collection imports TensorFlow, Keras and the package: about a million
+    # objects that live until the process ends. Freezing them keeps the
+    # cyclic garbage collector from traversing them again in every full
+    # collection, which otherwise costs seconds per test process.
+    gc.collect()
+    gc.freeze()
+
+
+_LOADED_GRADIENT = "_gen_gradient_func.<locals>.gradient_func"
+
+
+@pytest.fixture(autouse=True)
+def _forget_loaded_gradients():
+    # `tf.saved_model.load` registers each custom gradient of the export in
+    # TensorFlow's process-wide gradient registry and never unregisters it, so
+    # every in-process reload keeps its function graphs alive for good and the
+    # garbage collector walks them ever after. A test's reloads are gone when
+    # it ends, so their registrations go too (TensorFlow's own ones stay).
+    registry = ops._gradient_registry._registry
+    before = set(registry)
+    yield
+    for name in set(registry) - before:
+        if registry[name]["type"].__qualname__ == _LOADED_GRADIENT:
+            del registry[name]
