@@ -3,6 +3,15 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# pytest-xdist runs one test process per core (`-n auto --maxprocesses 2`).
+# TensorFlow's and OpenBLAS's thread pools are sized to every core, so two
+# processes ran four busy threads on two cores (OpenBLAS's spin in its waits:
+# a test that generates MNIST-1D took 14 s alone and 33 s beside another).
+# Set before TensorFlow and NumPy load; serial runs (`-n 0`) keep every core.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow.python.framework import ops  # noqa: E402
