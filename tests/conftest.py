@@ -12,11 +12,32 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     for _var in ("TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
+# XLA's CPU backend runs LLVM's optimizer over each compiled program; the tests
+# check that loops and whole steps compile and match uncompiled graphs, not how
+# fast the machine code runs, and compiling dominates those tests. Level 0
+# keeps every HLO pass (what XLA computes is unchanged) and skips LLVM's
+# optimization: `tests/test_xla.py` with the digits-to-95 % tests went from
+# 114 s to 87 s of CPU on one machine. Set `XLA_FLAGS` yourself to override.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow.python.framework import ops  # noqa: E402
 
 import keras_implicit as ki  # noqa: E402
+
+# TensorFlow records the Python stack of every op it adds to a graph, for the
+# "defined at" part of its runtime error messages; with pytest, Keras and
+# autograph on the stack that was 8.6 % of all CPU time in `tests/test_harness.py`
+# (98 s -> 84 s without it). No test reads those stacks (the package's own
+# errors are Python exceptions raised while tracing), so every op gets the one
+# stack recorded here, at import (an empty one crashes XLA's bridge);
+# `KERAS_IMPLICIT_TEST_OP_STACKS=1 pytest` records the real ones for debugging.
+if os.environ.get("KERAS_IMPLICIT_TEST_OP_STACKS", "0") != "1":
+    from tensorflow.python.util import tf_stack  # noqa: E402
+
+    _IMPORT_STACK = tf_stack.extract_stack()
+    tf_stack.extract_stack = lambda stacklevel=1: _IMPORT_STACK
 
 # XLA compiles each solver loop once per layer and input shape (about 0.8 s on
 # a 2-core CPU), and nearly every test builds new layers, so tests run the
