@@ -22,6 +22,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import ops  # noqa: E402
 
 import keras_implicit as ki  # noqa: E402
@@ -61,6 +62,24 @@ def _jit_loops(request):
     ki.config.set_jit_loops(_ALL_XLA or request.node.get_closest_marker("xla") is not None)
     yield
     ki.config.set_jit_loops(True)
+
+
+# Grappler, TensorFlow's graph optimizer, rewrites every new graph before its
+# first run; nearly every test traces new graphs and runs each a few times, so
+# the rewriting outweighs what it saves (11 % of CPU time in four layer-harness
+# cases). Tests marked `xla` keep it: `tests/test_xla.py` checks every family's
+# output and gradients in optimized graphs against compiled loops, and the
+# tests that start Python (the README demo, two workers, TF-only serving) run
+# TensorFlow's defaults. `KERAS_IMPLICIT_TEST_GRAPPLER=1 pytest` keeps it on.
+_ALL_GRAPPLER = os.environ.get("KERAS_IMPLICIT_TEST_GRAPPLER", "0") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _grappler(request):
+    keep = _ALL_GRAPPLER or request.node.get_closest_marker("xla") is not None
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not keep})
+    yield
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
 
 
 def pytest_collection_finish(session):
