@@ -124,8 +124,13 @@ def empirical_lipschitz(model, x, steps=200, pairs=64, learning_rate=0.01, init_
         float, `max |f(a) - f(b)| / |a - b|` over the search.
     """
     for name, value in (("steps", steps), ("pairs", pairs)):
-        validation.integer(value, "value")
+        validation.integer(value, name)
+    validation.number(learning_rate, "learning_rate")
+    validation.number(init_scale, "init_scale")
     x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError("`x` must be a non-empty batch of inputs, `[N, ...]` with N >= 1. "
+                         f"Received: x with shape {x.shape}")
     # the inputs' float dtype (a float64 check needs float64 inputs)
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
     rng = np.random.default_rng(seed)

@@ -236,6 +236,19 @@ def test_empirical_lipschitz_never_exceeds_gamma_conv(gamma, metric):
     assert 0.01 * gamma < found <= gamma * (1 + 1e-4)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(steps=0), r"`steps` must be a positive integer. Received: steps=0"),
+    (dict(pairs=2.5), r"`pairs` must be a positive integer. Received: pairs=2.5"),
+    (dict(learning_rate=-1.0), r"`learning_rate` must be a positive number. Received: learning_rate=-1.0"),
+    (dict(init_scale=0), r"`init_scale` must be a positive number. Received: init_scale=0"),
+    (dict(x=np.zeros((0, 4))), r"`x` must be a non-empty batch.*shape \(0, 4\)"),
+])
+def test_empirical_lipschitz_names_the_bad_argument(kwargs, match):
+    x = kwargs.pop("x", np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=match):
+        empirical_lipschitz(lambda v: v, x, **kwargs)
+
+
 # --- explicit layers and to_lben ----------------------------------------------
 
 
