@@ -90,8 +90,9 @@ def _grappler(request):
 # test, 12 s alone, took 32 s). The tests check what the models compute, not
 # input throughput, so Keras's pipelines run untuned (patched in Keras's private
 # `TFEpochIterator`; a distributed dataset is left as it is). The full suite
-# went from 6:19-6:31 to 6:01 of wall time on one machine, with the test
-# processes' idle time from 57 s to 17 s. `KERAS_IMPLICIT_TEST_TF_DATA_AUTOTUNE=1
+# went from 6:19-6:31 to 5:48 of wall time on one machine (user time 11:09-11:26
+# to 10:38), with the test processes' idle time from 57 s to 17 s.
+# `KERAS_IMPLICIT_TEST_TF_DATA_AUTOTUNE=1
 # pytest` keeps the autotuner.
 if os.environ.get("KERAS_IMPLICIT_TEST_TF_DATA_AUTOTUNE", "0") != "1":
     from keras.src.backend.tensorflow.trainer import TFEpochIterator  # noqa: E402

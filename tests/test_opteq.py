@@ -124,25 +124,31 @@ def test_anchor_selects_the_equilibrium_nearest_to_it(anchor):
     a = layer.cell.anchor(x).numpy()
     c = layer.cell.input_injection(x).numpy()
     nearest = c + (a - c) @ p  # the projection of a onto c + range(P)
-    # Halpern's anchor pull decays like 1/k: the layer's 5000 iterations get within 5e-3 ...
+    # Halpern's anchor pull decays like 1/k (here the error is 1.705/k): the layer's 5000
+    # iterations get within 5e-3 ...
     z, _ = layer(X)
-    assert np.abs(z.numpy() - nearest).max() < 5e-3
-    # ... and 2e6 iterations of the same problem (XLA-compiled loop) within 1e-6.
+    err_5000 = np.abs(z.numpy() - nearest).max()
+    assert err_5000 < 5e-3
+    # ... and 200_000 iterations of the same problem (XLA-compiled loop) within 2e-5, with
+    # the error shrinking 40-fold, as 1/k does: the iterates converge to `nearest` and to
+    # no other point. (2e6 iterations reach 8.5e-7 but take 10 s more of the suite.)
     problem = ki.solvers.Problem.of(layer.cell).bind(x)
 
     @tf.function(jit_compile=True)
     def run(z0):
-        return ki.solvers.solve(problem, z0, ki.solvers.Halpern(anchor="problem"), tol=1e-12, max_iter=2_000_000)
+        return ki.solvers.solve(problem, z0, ki.solvers.Halpern(anchor="problem"), tol=1e-12, max_iter=200_000)
 
     z_long, _ = run(tf.constant(a))
-    np.testing.assert_allclose(z_long.numpy(), nearest, atol=1e-6)
+    np.testing.assert_allclose(z_long.numpy(), nearest, atol=2e-5)
+    if anchor == "learned":  # (from the input anchor, an equilibrium here, both errors are ~0)
+        assert 36 < err_5000 / np.abs(z_long.numpy() - nearest).max() < 44
     # Plain iteration from another start lands on another equilibrium.
     start = tf.constant(np.random.default_rng(6).standard_normal((4, 6)))
     plain = ki.fixed_point(lambda z, x: layer.cell(z, x), start, x, solver="fixed_point",
                            tol=1e-12, max_iter=50)[0].numpy()
     np.testing.assert_allclose(plain, c + start.numpy() @ p, atol=1e-9)  # also an equilibrium
     assert np.abs(plain - nearest).max() > 0.1
-    if anchor == "learned":  # (the input anchor c is itself an equilibrium here)
+    if anchor == "learned":
         assert np.abs(nearest - c).max() > 0.1
 
 
