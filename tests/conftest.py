@@ -91,7 +91,8 @@ def _grappler(request):
 # input throughput, so Keras's pipelines run untuned (patched in Keras's private
 # `TFEpochIterator`; a distributed dataset is left as it is). The full suite
 # went from 6:19-6:31 to 5:48 of wall time on one machine (user time 11:09-11:26
-# to 10:38), with the test processes' idle time from 57 s to 17 s.
+# to 10:38), with the test processes' idle time from 57 s to 17 s; on a faster
+# machine, where the stalls were rarer, 3:40-3:58 against 3:49 (noise).
 # `KERAS_IMPLICIT_TEST_TF_DATA_AUTOTUNE=1
 # pytest` keeps the autotuner.
 if os.environ.get("KERAS_IMPLICIT_TEST_TF_DATA_AUTOTUNE", "0") != "1":
